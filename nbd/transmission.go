@@ -1,0 +1,332 @@
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+)
+
+// reply is a finished request on its way to the writer.
+type reply struct {
+	req     Request
+	errno   uint32
+	msg     string
+	data    []byte // READ data (a pooled buffer, or nil)
+	extents []Extent
+	// held is the payload budget the request holds until its reply is
+	// written.
+	held int64
+}
+
+// transmission serves one connection after the handshake.
+type transmission struct {
+	s       *Server
+	sess    *session
+	log     *slog.Logger
+	be      Backend
+	view    exportView
+	connBuf *budget
+	slots   chan struct{}
+	replies chan *reply
+	workers sync.WaitGroup
+}
+
+func newTransmission(s *Server, sess *session, log *slog.Logger) *transmission {
+	be := sess.export.Backend
+	return &transmission{
+		s:    s,
+		sess: sess,
+		log:  log,
+		be:   be,
+		view: exportView{
+			size:       uint64(be.Size()),
+			features:   be.Features(),
+			structured: sess.structured,
+			baseAlloc:  sess.baseAlloc,
+			maxPayload: uint32(s.limits.MaxPayloadBytes),
+		},
+		connBuf: newBudget(s.limits.MaxInFlightBytesPerConn),
+		slots:   make(chan struct{}, s.limits.MaxInFlightPerConn),
+		replies: make(chan *reply, s.limits.MaxInFlightPerConn),
+	}
+}
+
+// run reads requests until DISC, EOF or a fatal error, then waits for the
+// requests in flight, sends their replies and closes the connection.
+func (t *transmission) run() error {
+	writerDone := make(chan struct{})
+	go t.writer(writerDone)
+	err := t.reader()
+	t.workers.Wait()
+	close(t.replies)
+	<-writerDone
+	t.sess.conn.Close()
+	return err
+}
+
+func (t *transmission) reader() error {
+	br := t.sess.br
+	var hdr [requestHeaderBytes]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil // client went away between requests
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("reading request: %w", err)
+		}
+		req, err := parseRequest(&hdr)
+		if err != nil {
+			return err
+		}
+		t.s.Stats.Requests.Add(1)
+		if req.Type == CmdDisc {
+			return nil
+		}
+		errno, msg := validate(req, t.view)
+		if req.Type == CmdWrite && errno != 0 {
+			// Keep the stream in sync: the payload follows anyway.
+			if req.Length > maxWriteSkipBytes {
+				return fmt.Errorf("WRITE of %d bytes is too large to skip", req.Length)
+			}
+			if _, err := io.CopyN(io.Discard, br, int64(req.Length)); err != nil {
+				return fmt.Errorf("skipping write payload: %w", err)
+			}
+		}
+		t.slots <- struct{}{}
+		if errno != 0 {
+			t.s.Stats.RequestErrors.Add(1)
+			t.log.Debug("nbd: request refused", "cmd", cmdName(req.Type), "offset", req.Offset, "length", req.Length, "errno", errno, "msg", msg)
+			t.replies <- &reply{req: req, errno: errno, msg: msg}
+			continue
+		}
+		var held int64
+		var buf []byte
+		if req.Type == CmdRead || req.Type == CmdWrite {
+			held = int64(req.Length)
+			if !t.connBuf.acquire(held) {
+				return net.ErrClosed
+			}
+			if !t.s.serverBuf.acquire(held) {
+				t.connBuf.release(held)
+				return net.ErrClosed
+			}
+			buf = getBuf(int(req.Length))
+		}
+		if req.Type == CmdWrite {
+			if _, err := io.ReadFull(br, buf); err != nil {
+				putBuf(buf)
+				t.release(held)
+				<-t.slots
+				return fmt.Errorf("reading write payload: %w", err)
+			}
+		}
+		t.workers.Add(1)
+		go t.serve(req, buf, held)
+	}
+}
+
+func (t *transmission) release(held int64) {
+	if held > 0 {
+		t.connBuf.release(held)
+		t.s.serverBuf.release(held)
+	}
+}
+
+// serve runs one validated request against the backend.
+func (t *transmission) serve(req Request, buf []byte, held int64) {
+	defer t.workers.Done()
+	r := &reply{req: req, held: held}
+	off, n := int64(req.Offset), int64(req.Length)
+	fua := req.Flags&CmdFlagFUA != 0
+	var err error
+	switch req.Type {
+	case CmdRead:
+		err = t.be.ReadAt(buf, off)
+		r.data = buf
+		if err == nil {
+			t.s.Stats.BytesRead.Add(n)
+		}
+	case CmdWrite:
+		err = t.be.WriteAt(buf, off, fua)
+		putBuf(buf)
+		if err == nil {
+			t.s.Stats.BytesWritten.Add(n)
+		}
+	case CmdFlush:
+		err = t.be.Flush()
+	case CmdTrim:
+		if n > 0 {
+			err = t.be.Trim(off, n, fua)
+		}
+	case CmdWriteZeroes:
+		if n > 0 {
+			err = t.be.Zero(off, n, req.Flags&CmdFlagNoHole != 0, req.Flags&CmdFlagFastZero != 0, fua)
+		}
+	case CmdCache:
+		err = t.be.Cache(off, n)
+	case CmdBlockStatus:
+		r.extents, err = t.blockStatus(req)
+	}
+	if err != nil {
+		r.errno = errnoOf(err)
+		r.msg = err.Error()
+		t.s.Stats.RequestErrors.Add(1)
+		if r.errno == EIO {
+			t.log.Warn("nbd: backend error", "cmd", cmdName(req.Type), "offset", off, "length", n, "err", err)
+		}
+	}
+	t.replies <- r
+}
+
+func (t *transmission) blockStatus(req Request) ([]Extent, error) {
+	maxExtents := t.s.limits.MaxExtents
+	if req.Flags&CmdFlagReqOne != 0 {
+		maxExtents = 1
+	}
+	bs, ok := t.be.(BlockStatuser)
+	if !ok {
+		return []Extent{{Length: int64(req.Length)}}, nil
+	}
+	ext, err := bs.BlockStatus(int64(req.Offset), int64(req.Length), maxExtents)
+	if err != nil {
+		return nil, err
+	}
+	// Enforce the contract rather than trust it: never empty, never
+	// longer than asked, never more entries than allowed.
+	var total int64
+	out := ext[:0]
+	for _, e := range ext {
+		if e.Length <= 0 || len(out) == maxExtents {
+			break
+		}
+		if total+e.Length > int64(req.Length) {
+			e.Length = int64(req.Length) - total
+		}
+		out = append(out, e)
+		total += e.Length
+		if total == int64(req.Length) {
+			break
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("backend returned no extents")
+	}
+	return out, nil
+}
+
+// writer sends replies in completion order, flushing when no more are
+// queued, and returns every request's budget afterwards.
+func (t *transmission) writer(done chan<- struct{}) {
+	defer close(done)
+	bw := t.sess.bw
+	failed := false
+	for r := range t.replies {
+		if !failed {
+			if err := t.writeReply(bw, r); err == nil && len(t.replies) == 0 {
+				err = bw.Flush()
+				if err != nil {
+					failed = true
+				}
+			} else if err != nil {
+				failed = true
+			}
+			if failed {
+				// The client cannot hear us any more: make the
+				// reader stop too.
+				t.sess.conn.Close()
+			}
+		}
+		putBuf(r.data)
+		t.release(r.held)
+		<-t.slots
+	}
+	if !failed {
+		bw.Flush()
+	}
+}
+
+func (t *transmission) writeReply(w *bufio.Writer, r *reply) error {
+	structured := t.view.structured && (r.req.Type == CmdRead || r.req.Type == CmdBlockStatus)
+	if !structured {
+		var h [16]byte
+		binary.BigEndian.PutUint32(h[0:], magicSimple)
+		binary.BigEndian.PutUint32(h[4:], r.errno)
+		binary.BigEndian.PutUint64(h[8:], r.req.Cookie)
+		w.Write(h[:])
+		if r.errno == 0 && r.req.Type == CmdRead {
+			_, err := w.Write(r.data)
+			return err
+		}
+		return nil
+	}
+	if r.errno != 0 {
+		msg := r.msg
+		if len(msg) > maxStringBytes {
+			msg = msg[:maxStringBytes]
+		}
+		h := chunkHeader(replyFlagDone, replyTypeError, r.req.Cookie, uint32(6+len(msg)))
+		w.Write(h[:])
+		var e [6]byte
+		binary.BigEndian.PutUint32(e[0:], r.errno)
+		binary.BigEndian.PutUint16(e[4:], uint16(len(msg)))
+		w.Write(e[:])
+		_, err := w.WriteString(msg)
+		return err
+	}
+	switch r.req.Type {
+	case CmdRead:
+		if len(r.data) == 0 {
+			h := chunkHeader(replyFlagDone, replyTypeNone, r.req.Cookie, 0)
+			_, err := w.Write(h[:])
+			return err
+		}
+		h := chunkHeader(replyFlagDone, replyTypeOffsetData, r.req.Cookie, uint32(8+len(r.data)))
+		w.Write(h[:])
+		var o [8]byte
+		binary.BigEndian.PutUint64(o[:], r.req.Offset)
+		w.Write(o[:])
+		_, err := w.Write(r.data)
+		return err
+	case CmdBlockStatus:
+		h := chunkHeader(replyFlagDone, replyTypeBlockStatus, r.req.Cookie, uint32(4+8*len(r.extents)))
+		w.Write(h[:])
+		var id [4]byte
+		binary.BigEndian.PutUint32(id[:], metaBaseAllocationID)
+		w.Write(id[:])
+		for _, e := range r.extents {
+			var d [8]byte
+			binary.BigEndian.PutUint32(d[0:], uint32(e.Length))
+			var flags uint32
+			if e.Hole {
+				flags |= stateHole
+			}
+			if e.Zero {
+				flags |= stateZero
+			}
+			binary.BigEndian.PutUint32(d[4:], flags)
+			if _, err := w.Write(d[:]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return nil
+}
+
+func chunkHeader(flags, typ uint16, cookie uint64, length uint32) [20]byte {
+	var h [20]byte
+	binary.BigEndian.PutUint32(h[0:], magicStructured)
+	binary.BigEndian.PutUint16(h[4:], flags)
+	binary.BigEndian.PutUint16(h[6:], typ)
+	binary.BigEndian.PutUint64(h[8:], cookie)
+	binary.BigEndian.PutUint32(h[16:], length)
+	return h
+}
