@@ -80,6 +80,37 @@ func Dial(network, addr string, o ClientOptions) (*Client, error) {
 	return c, nil
 }
 
+// Negotiate runs only the handshake on conn and leaves the connection at
+// the start of transmission, for handing the socket to the kernel's nbd
+// driver (which speaks simple replies only: leave o.Structured false).
+func Negotiate(conn net.Conn, o ClientOptions) (sizeBytes int64, flags uint16, err error) {
+	timeout := o.Timeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	conn.SetDeadline(time.Now().Add(timeout))
+	defer conn.SetDeadline(time.Time{})
+	// No read buffer: bytes read ahead would be lost to the kernel.
+	c := &Client{conn: conn, br: bufio.NewReaderSize(oneByteReader{conn}, 16), bw: bufio.NewWriter(conn)}
+	if err := c.handshake(o); err != nil {
+		return 0, 0, err
+	}
+	if c.conn != conn {
+		return 0, 0, errors.New("TLS cannot be handed to the kernel")
+	}
+	return c.Size, c.Flags, nil
+}
+
+// oneByteReader keeps bufio from reading past the handshake.
+type oneByteReader struct{ r io.Reader }
+
+func (o oneByteReader) Read(p []byte) (int, error) {
+	if len(p) > 1 {
+		p = p[:1]
+	}
+	return o.r.Read(p)
+}
+
 // NewClient negotiates on an open connection.
 func NewClient(conn net.Conn, o ClientOptions) (*Client, error) {
 	timeout := o.Timeout
