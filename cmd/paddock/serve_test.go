@@ -169,7 +169,7 @@ func TestFioVerify(t *testing.T) {
 	uri, _ := serve(t, tempImage(t), "--size", "64M")
 	out := testbin.Run(t, 5*time.Minute, "fio", "--name=verify", "--ioengine=nbd", "--uri="+uri,
 		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=32M", "--verify=crc32c",
-		"--do_verify=1", "--fsync=16", "--output-format=json")
+		"--do_verify=1", "--fsync=16", "--verify_state_save=0", "--output-format=json")
 	var res struct {
 		Jobs []struct {
 			Error int `json:"error"`
