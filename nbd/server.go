@@ -96,6 +96,8 @@ type Stats struct {
 	RequestErrors   atomic.Int64
 	BytesRead       atomic.Int64
 	BytesWritten    atomic.Int64
+	// HoleBytes counts bytes of READs answered with hole chunks.
+	HoleBytes atomic.Int64
 }
 
 // NewServer checks cfg and returns a server.

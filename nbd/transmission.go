@@ -8,15 +8,19 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 )
 
 // reply is a finished request on its way to the writer.
 type reply struct {
-	req     Request
-	errno   uint32
-	msg     string
-	data    []byte // READ data (a pooled buffer, or nil)
+	req   Request
+	errno uint32
+	msg   string
+	data  []byte // READ data (a pooled buffer, or nil)
+	// holes, for a structured READ, are the extents of data: chunks
+	// marked Hole are sent as NBD_REPLY_TYPE_OFFSET_HOLE, never read.
+	holes   []Extent
 	extents []Extent
 	// held is the payload budget the request holds until its reply is
 	// written.
@@ -149,8 +153,21 @@ func (t *transmission) serve(req Request, buf []byte, held int64) {
 	var err error
 	switch req.Type {
 	case CmdRead:
-		err = t.be.ReadAt(buf, off)
 		r.data = buf
+		r.holes = t.readHoles(req)
+		if r.holes == nil {
+			err = t.be.ReadAt(buf, off)
+		} else {
+			pos := int64(0)
+			for _, e := range r.holes {
+				if !e.Hole && err == nil {
+					err = t.be.ReadAt(buf[pos:pos+e.Length], off+pos)
+				} else if e.Hole {
+					t.s.Stats.HoleBytes.Add(e.Length)
+				}
+				pos += e.Length
+			}
+		}
 		if err == nil {
 			t.s.Stats.BytesRead.Add(n)
 		}
@@ -184,6 +201,51 @@ func (t *transmission) serve(req Request, buf []byte, held int64) {
 		}
 	}
 	t.replies <- r
+}
+
+// sparseReadMinBytes is the smallest structured READ for which we look for
+// holes: below it the lseek calls cost more than the zeroes they save.
+const sparseReadMinBytes = 64 << 10
+
+// maxReadChunks bounds the chunks of one sparse READ reply.
+const maxReadChunks = 64
+
+// readHoles returns the extents of a READ when it may be answered with hole
+// chunks, or nil when it is to be sent as one data chunk.
+func (t *transmission) readHoles(req Request) []Extent {
+	if !t.view.structured || req.Flags&CmdFlagDF != 0 || req.Length < sparseReadMinBytes {
+		return nil
+	}
+	bs, ok := t.be.(BlockStatuser)
+	if !ok {
+		return nil
+	}
+	ext, err := bs.BlockStatus(int64(req.Offset), int64(req.Length), maxReadChunks)
+	if err != nil {
+		return nil
+	}
+	var total int64
+	anyHole := false
+	for _, e := range ext {
+		if e.Length <= 0 {
+			return nil
+		}
+		total += e.Length
+		anyHole = anyHole || e.Zero
+	}
+	if !anyHole || total > int64(req.Length) {
+		return nil
+	}
+	if total < int64(req.Length) {
+		// The extents stopped early (maxReadChunks): the rest is read.
+		ext = append(ext, Extent{Length: int64(req.Length) - total})
+	}
+	for i := range ext {
+		// A hole chunk promises zeroes; only extents that read as zero
+		// may be sent as holes.
+		ext[i].Hole = ext[i].Zero
+	}
+	return ext
 }
 
 func (t *transmission) blockStatus(req Request) ([]Extent, error) {
@@ -230,14 +292,17 @@ func (t *transmission) writer(done chan<- struct{}) {
 	failed := false
 	for r := range t.replies {
 		if !failed {
-			if err := t.writeReply(bw, r); err == nil && len(t.replies) == 0 {
-				err = bw.Flush()
-				if err != nil {
-					failed = true
+			err := t.writeReply(bw, r)
+			if err == nil && len(t.replies) == 0 {
+				// Before paying a send syscall for this one reply,
+				// let the workers that are about to finish queue
+				// theirs: under load one send then carries several.
+				runtime.Gosched()
+				if len(t.replies) == 0 {
+					err = bw.Flush()
 				}
-			} else if err != nil {
-				failed = true
 			}
+			failed = err != nil
 			if failed {
 				// The client cannot hear us any more: make the
 				// reader stop too.
@@ -288,13 +353,33 @@ func (t *transmission) writeReply(w *bufio.Writer, r *reply) error {
 			_, err := w.Write(h[:])
 			return err
 		}
-		h := chunkHeader(replyFlagDone, replyTypeOffsetData, r.req.Cookie, uint32(8+len(r.data)))
-		w.Write(h[:])
-		var o [8]byte
-		binary.BigEndian.PutUint64(o[:], r.req.Offset)
-		w.Write(o[:])
-		_, err := w.Write(r.data)
-		return err
+		if r.holes == nil {
+			return writeDataChunk(w, r.req.Cookie, replyFlagDone, r.req.Offset, r.data)
+		}
+		pos := int64(0)
+		for i, e := range r.holes {
+			var flags uint16
+			if i == len(r.holes)-1 {
+				flags = replyFlagDone
+			}
+			off := r.req.Offset + uint64(pos)
+			var err error
+			if e.Hole {
+				h := chunkHeader(flags, replyTypeOffsetHole, r.req.Cookie, 12)
+				w.Write(h[:])
+				var b [12]byte
+				binary.BigEndian.PutUint64(b[0:], off)
+				binary.BigEndian.PutUint32(b[8:], uint32(e.Length))
+				_, err = w.Write(b[:])
+			} else {
+				err = writeDataChunk(w, r.req.Cookie, flags, off, r.data[pos:pos+e.Length])
+			}
+			if err != nil {
+				return err
+			}
+			pos += e.Length
+		}
+		return nil
 	case CmdBlockStatus:
 		h := chunkHeader(replyFlagDone, replyTypeBlockStatus, r.req.Cookie, uint32(4+8*len(r.extents)))
 		w.Write(h[:])
@@ -319,6 +404,16 @@ func (t *transmission) writeReply(w *bufio.Writer, r *reply) error {
 		return nil
 	}
 	return nil
+}
+
+func writeDataChunk(w *bufio.Writer, cookie uint64, flags uint16, off uint64, data []byte) error {
+	h := chunkHeader(flags, replyTypeOffsetData, cookie, uint32(8+len(data)))
+	w.Write(h[:])
+	var o [8]byte
+	binary.BigEndian.PutUint64(o[:], off)
+	w.Write(o[:])
+	_, err := w.Write(data)
+	return err
 }
 
 func chunkHeader(flags, typ uint16, cookie uint64, length uint32) [20]byte {

@@ -27,6 +27,7 @@ type serveFlags struct {
 	tlsRequire   bool
 	backendDelay time.Duration
 	logLevel     string
+	cpuProfile   string
 }
 
 func init() {
@@ -59,13 +60,22 @@ comes from the file's holes. With --tls-cert/--tls-key clients may use TLS;
 	fl.BoolVar(&f.tlsRequire, "tls-require", false, "refuse clients that do not use TLS")
 	fl.DurationVar(&f.backendDelay, "backend-delay", 0, "add this latency to every backend call (benchmarks only)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file until exit (diagnostics)")
 	fl.MarkHidden("backend-delay")
+	fl.MarkHidden("cpu-profile")
 	cmd.MarkFlagRequired("file")
 	rootCmd.AddCommand(cmd)
 }
 
 func runServe(ctx context.Context, f serveFlags) error {
 	log := newLogger(f.logLevel)
+	if f.cpuProfile != "" {
+		stopProfile, err := startCPUProfile(f.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
+	}
 	sizeBytes, err := parseSize(f.size)
 	if err != nil {
 		return err
