@@ -247,6 +247,21 @@ func (b *FileBackend) BlockStatus(off, length int64, maxExtents int) ([]Extent, 
 	return out, nil
 }
 
+// LeadingHole says how many bytes from off are a hole, with one SEEK_DATA.
+func (b *FileBackend) LeadingHole(off, length int64) (int64, error) {
+	if b.isBlock {
+		return 0, nil
+	}
+	data, err := unix.Seek(b.fd, off, unix.SEEK_DATA)
+	if err == unix.ENXIO {
+		return length, nil // no data after off at all
+	}
+	if err != nil {
+		return 0, err
+	}
+	return min(data-off, length), nil
+}
+
 func fallocate(fd int, mode uint32, off, length int64) error {
 	for {
 		err := unix.Fallocate(fd, mode, off, length)

@@ -1,7 +1,6 @@
 package nbd
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -204,48 +203,38 @@ func (t *transmission) serve(req Request, buf []byte, held int64) {
 }
 
 // sparseReadMinBytes is the smallest structured READ for which we look for
-// holes: below it the lseek calls cost more than the zeroes they save.
+// a hole: below it the lseek costs more than the zeroes it saves.
 const sparseReadMinBytes = 64 << 10
 
-// maxReadChunks bounds the chunks of one sparse READ reply.
-const maxReadChunks = 64
+// LeadingHoler is implemented by backends that can tell cheaply how many
+// bytes from off read as zeroes without being allocated.
+type LeadingHoler interface {
+	LeadingHole(off, length int64) (int64, error)
+}
 
-// readHoles returns the extents of a READ when it may be answered with hole
-// chunks, or nil when it is to be sent as one data chunk.
+// readHoles returns the extents of a READ when it starts with a hole that
+// can be sent as a hole chunk, or nil when it goes as one data chunk.
+//
+// Only a leading hole is looked for, with one SEEK_DATA: finding where data
+// ends takes SEEK_HOLE, which on tmpfs walks every page of the data run
+// (measured: 40 ms per 256 KiB read of a 1 GiB file), far more than it saves.
 func (t *transmission) readHoles(req Request) []Extent {
 	if !t.view.structured || req.Flags&CmdFlagDF != 0 || req.Length < sparseReadMinBytes {
 		return nil
 	}
-	bs, ok := t.be.(BlockStatuser)
+	lh, ok := t.be.(LeadingHoler)
 	if !ok {
 		return nil
 	}
-	ext, err := bs.BlockStatus(int64(req.Offset), int64(req.Length), maxReadChunks)
-	if err != nil {
+	n := int64(req.Length)
+	hole, err := lh.LeadingHole(int64(req.Offset), n)
+	if err != nil || hole <= 0 {
 		return nil
 	}
-	var total int64
-	anyHole := false
-	for _, e := range ext {
-		if e.Length <= 0 {
-			return nil
-		}
-		total += e.Length
-		anyHole = anyHole || e.Zero
+	if hole >= n {
+		return []Extent{{Length: n, Hole: true, Zero: true}}
 	}
-	if !anyHole || total > int64(req.Length) {
-		return nil
-	}
-	if total < int64(req.Length) {
-		// The extents stopped early (maxReadChunks): the rest is read.
-		ext = append(ext, Extent{Length: int64(req.Length) - total})
-	}
-	for i := range ext {
-		// A hole chunk promises zeroes; only extents that read as zero
-		// may be sent as holes.
-		ext[i].Hole = ext[i].Zero
-	}
-	return ext
+	return []Extent{{Length: hole, Hole: true, Zero: true}, {Length: n - hole}}
 }
 
 func (t *transmission) blockStatus(req Request) ([]Extent, error) {
@@ -288,18 +277,22 @@ func (t *transmission) blockStatus(req Request) ([]Extent, error) {
 // queued, and returns every request's budget afterwards.
 func (t *transmission) writer(done chan<- struct{}) {
 	defer close(done)
-	bw := t.sess.bw
+	// The handshake's buffered writer is empty now; replies bypass it.
+	vw := newVecWriter(t.sess.conn)
 	failed := false
+	var sent []*reply // replies whose buffers vw still references
 	for r := range t.replies {
 		if !failed {
-			err := t.writeReply(bw, r)
-			if err == nil && len(t.replies) == 0 {
+			err := t.writeReply(vw, r)
+			if err == nil && (len(t.replies) == 0 || vw.buffered() >= vecFlushBytes) {
 				// Before paying a send syscall for this one reply,
 				// let the workers that are about to finish queue
 				// theirs: under load one send then carries several.
-				runtime.Gosched()
 				if len(t.replies) == 0 {
-					err = bw.Flush()
+					runtime.Gosched()
+				}
+				if len(t.replies) == 0 || vw.buffered() >= vecFlushBytes {
+					err = vw.flush()
 				}
 			}
 			failed = err != nil
@@ -309,16 +302,28 @@ func (t *transmission) writer(done chan<- struct{}) {
 				t.sess.conn.Close()
 			}
 		}
-		putBuf(r.data)
-		t.release(r.held)
-		<-t.slots
+		sent = append(sent, r)
+		if vw.buffered() == 0 || failed {
+			for _, s := range sent {
+				putBuf(s.data)
+				t.release(s.held)
+				<-t.slots
+			}
+			clear(sent)
+			sent = sent[:0]
+		}
 	}
 	if !failed {
-		bw.Flush()
+		vw.flush()
+	}
+	for _, s := range sent {
+		putBuf(s.data)
+		t.release(s.held)
+		<-t.slots
 	}
 }
 
-func (t *transmission) writeReply(w *bufio.Writer, r *reply) error {
+func (t *transmission) writeReply(w *vecWriter, r *reply) error {
 	structured := t.view.structured && (r.req.Type == CmdRead || r.req.Type == CmdBlockStatus)
 	if !structured {
 		var h [16]byte
@@ -406,7 +411,7 @@ func (t *transmission) writeReply(w *bufio.Writer, r *reply) error {
 	return nil
 }
 
-func writeDataChunk(w *bufio.Writer, cookie uint64, flags uint16, off uint64, data []byte) error {
+func writeDataChunk(w *vecWriter, cookie uint64, flags uint16, off uint64, data []byte) error {
 	h := chunkHeader(flags, replyTypeOffsetData, cookie, uint32(8+len(data)))
 	w.Write(h[:])
 	var o [8]byte
