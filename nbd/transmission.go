@@ -7,8 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"runtime"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // reply is a finished request on its way to the writer.
@@ -35,8 +36,24 @@ type transmission struct {
 	view    exportView
 	connBuf *budget
 	slots   chan struct{}
-	replies chan *reply
 	workers sync.WaitGroup
+
+	// Replies leave by flat combining: a finished request queues its
+	// reply, and whoever finds no send in progress becomes the sender
+	// and sends every queued reply, in batches, until the queue is
+	// empty. No writer goroutine to wake, and one writev carries all
+	// the replies that finished while the previous one was sent.
+	sendMu  sync.Mutex
+	queued  []*reply
+	spare   []*reply
+	sending bool
+	failed  bool
+	vw      *vecWriter
+
+	// readNs and writeNs are moving averages of how long the backend
+	// takes, in nanoseconds; see inline.
+	readNs  atomic.Int64
+	writeNs atomic.Int64
 }
 
 func newTransmission(s *Server, sess *session, log *slog.Logger) *transmission {
@@ -55,19 +72,19 @@ func newTransmission(s *Server, sess *session, log *slog.Logger) *transmission {
 		},
 		connBuf: newBudget(s.limits.MaxInFlightBytesPerConn),
 		slots:   make(chan struct{}, s.limits.MaxInFlightPerConn),
-		replies: make(chan *reply, s.limits.MaxInFlightPerConn),
+		// The handshake's buffered writer is empty now; replies
+		// bypass it.
+		vw: newVecWriter(sess.conn),
 	}
 }
 
 // run reads requests until DISC, EOF or a fatal error, then waits for the
 // requests in flight, sends their replies and closes the connection.
 func (t *transmission) run() error {
-	writerDone := make(chan struct{})
-	go t.writer(writerDone)
 	err := t.reader()
+	// Every worker sends its own reply before Done, so once they are all
+	// done every reply has been sent (or dropped after a send failed).
 	t.workers.Wait()
-	close(t.replies)
-	<-writerDone
 	t.sess.conn.Close()
 	return err
 }
@@ -107,7 +124,7 @@ func (t *transmission) reader() error {
 		if errno != 0 {
 			t.s.Stats.RequestErrors.Add(1)
 			t.log.Debug("nbd: request refused", "cmd", cmdName(req.Type), "offset", req.Offset, "length", req.Length, "errno", errno, "msg", msg)
-			t.replies <- &reply{req: req, errno: errno, msg: msg}
+			t.send(&reply{req: req, errno: errno, msg: msg})
 			continue
 		}
 		var held int64
@@ -132,8 +149,38 @@ func (t *transmission) reader() error {
 			}
 		}
 		t.workers.Add(1)
-		go t.serve(req, buf, held)
+		if t.inline(req) {
+			t.serve(req, buf, held)
+		} else {
+			go t.serve(req, buf, held)
+		}
 	}
+}
+
+// inlineMaxNs: a backend call that takes less than this on average is made
+// by the reader itself. Handing a 2 µs pread to another goroutine costs
+// more than the pread (a goroutine, its stack growth, a wake-up); handing
+// over a 1 ms one is what lets requests overlap. The average follows the
+// backend within tens of requests, so a backend that turns slow is soon
+// served in parallel again.
+const inlineMaxNs = 20_000
+
+// inline says whether the reader should serve req itself.
+func (t *transmission) inline(req Request) bool {
+	switch {
+	case req.Type == CmdRead:
+		return t.readNs.Load() < inlineMaxNs
+	case req.Type == CmdWrite && req.Flags&CmdFlagFUA == 0:
+		return t.writeNs.Load() < inlineMaxNs
+	}
+	return false
+}
+
+// observe folds one backend call's duration into a moving average (1/8
+// weight for the newest: it follows a change within tens of requests).
+func observe(avg *atomic.Int64, d time.Duration) {
+	old := avg.Load()
+	avg.Store(old + (int64(d)-old)/8)
 }
 
 func (t *transmission) release(held int64) {
@@ -152,6 +199,7 @@ func (t *transmission) serve(req Request, buf []byte, held int64) {
 	var err error
 	switch req.Type {
 	case CmdRead:
+		start := time.Now()
 		r.data = buf
 		r.holes = t.readHoles(req)
 		if r.holes == nil {
@@ -167,11 +215,16 @@ func (t *transmission) serve(req Request, buf []byte, held int64) {
 				pos += e.Length
 			}
 		}
+		observe(&t.readNs, time.Since(start))
 		if err == nil {
 			t.s.Stats.BytesRead.Add(n)
 		}
 	case CmdWrite:
+		start := time.Now()
 		err = t.be.WriteAt(buf, off, fua)
+		if !fua {
+			observe(&t.writeNs, time.Since(start))
+		}
 		putBuf(buf)
 		if err == nil {
 			t.s.Stats.BytesWritten.Add(n)
@@ -199,7 +252,7 @@ func (t *transmission) serve(req Request, buf []byte, held int64) {
 			t.log.Warn("nbd: backend error", "cmd", cmdName(req.Type), "offset", off, "length", n, "err", err)
 		}
 	}
-	t.replies <- r
+	t.send(r)
 }
 
 // sparseReadMinBytes is the smallest structured READ for which we look for
@@ -273,54 +326,52 @@ func (t *transmission) blockStatus(req Request) ([]Extent, error) {
 	return out, nil
 }
 
-// writer sends replies in completion order, flushing when no more are
-// queued, and returns every request's budget afterwards.
-func (t *transmission) writer(done chan<- struct{}) {
-	defer close(done)
-	// The handshake's buffered writer is empty now; replies bypass it.
-	vw := newVecWriter(t.sess.conn)
-	failed := false
-	var sent []*reply // replies whose buffers vw still references
-	for r := range t.replies {
+// send queues a reply and, unless another goroutine is sending already,
+// sends everything queued until the queue is empty.
+func (t *transmission) send(r *reply) {
+	t.sendMu.Lock()
+	t.queued = append(t.queued, r)
+	if t.sending {
+		t.sendMu.Unlock()
+		return
+	}
+	t.sending = true
+	for len(t.queued) > 0 {
+		batch := t.queued
+		t.queued = t.spare[:0]
+		failed := t.failed
+		t.sendMu.Unlock()
+
 		if !failed {
-			err := t.writeReply(vw, r)
-			if err == nil && (len(t.replies) == 0 || vw.buffered() >= vecFlushBytes) {
-				// Before paying a send syscall for this one reply,
-				// let the workers that are about to finish queue
-				// theirs: under load one send then carries several.
-				if len(t.replies) == 0 {
-					runtime.Gosched()
-				}
-				if len(t.replies) == 0 || vw.buffered() >= vecFlushBytes {
-					err = vw.flush()
+			var err error
+			for _, r := range batch {
+				if err = t.writeReply(t.vw, r); err != nil {
+					break
 				}
 			}
-			failed = err != nil
-			if failed {
+			if err == nil {
+				err = t.vw.flush()
+			}
+			if err != nil {
+				failed = true
 				// The client cannot hear us any more: make the
 				// reader stop too.
 				t.sess.conn.Close()
 			}
 		}
-		sent = append(sent, r)
-		if vw.buffered() == 0 || failed {
-			for _, s := range sent {
-				putBuf(s.data)
-				t.release(s.held)
-				<-t.slots
-			}
-			clear(sent)
-			sent = sent[:0]
+		for i, r := range batch {
+			putBuf(r.data)
+			t.release(r.held)
+			<-t.slots
+			batch[i] = nil
 		}
+
+		t.sendMu.Lock()
+		t.failed = t.failed || failed
+		t.spare = batch[:0]
 	}
-	if !failed {
-		vw.flush()
-	}
-	for _, s := range sent {
-		putBuf(s.data)
-		t.release(s.held)
-		<-t.slots
-	}
+	t.sending = false
+	t.sendMu.Unlock()
 }
 
 func (t *transmission) writeReply(w *vecWriter, r *reply) error {
