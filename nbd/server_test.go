@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestReadWriteRoundTrip(t *testing.T) {
@@ -234,8 +235,8 @@ func TestInFlightBound(t *testing.T) {
 		sleepMs(10)
 	}
 	sleepMs(50)
-	if n := slow.waiting(); n > 2 {
-		t.Fatalf("%d writes of 1 MiB in flight with a 2 MiB budget", n)
+	if n := slow.waiting(); n != 2 {
+		t.Fatalf("%d writes of 1 MiB in flight with a 2 MiB budget, want exactly 2", n)
 	}
 	if used := ts.srv.serverBuf.inUse(); used > 2<<20 {
 		t.Fatalf("server budget holds %d bytes", used)
@@ -280,5 +281,32 @@ func TestSparseRead(t *testing.T) {
 	}
 	if hb := ts.srv.Stats.HoleBytes.Load(); hb != 1<<20 {
 		t.Fatalf("hole bytes %d, want %d (the leading hole of the one structured non-DF read)", hb, 1<<20)
+	}
+}
+
+// TestSlowBackendOverlaps: with a backend that takes milliseconds, requests
+// of one connection are served in parallel (what makes IOPS grow with the
+// queue depth), also after many of them have been measured.
+func TestSlowBackendOverlaps(t *testing.T) {
+	cb := &concurrencyBackend{Backend: NewMemoryBackend(1<<20, false), delay: 2 * time.Millisecond}
+	ts := startServer(t, Config{Exports: SingleExport(&Export{Name: "m", Backend: cb})})
+	c := dial(t, ts.addr, ClientOptions{Export: "m"})
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for i := 0; i < 20; i++ {
+				if err := c.ReadAt(buf, 0); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if m := cb.maxSeen.Load(); m < 8 {
+		t.Fatalf("at most %d of 16 concurrent reads overlapped on a slow backend", m)
 	}
 }

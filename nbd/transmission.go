@@ -58,7 +58,7 @@ type transmission struct {
 
 func newTransmission(s *Server, sess *session, log *slog.Logger) *transmission {
 	be := sess.export.Backend
-	return &transmission{
+	t := &transmission{
 		s:    s,
 		sess: sess,
 		log:  log,
@@ -76,6 +76,11 @@ func newTransmission(s *Server, sess *session, log *slog.Logger) *transmission {
 		// bypass it.
 		vw: newVecWriter(sess.conn),
 	}
+	// Until measured, assume the backend is slow: requests go in
+	// parallel, and one that never returns cannot stall the reader.
+	t.readNs.Store(4 * inlineMaxNs)
+	t.writeNs.Store(4 * inlineMaxNs)
+	return t
 }
 
 // run reads requests until DISC, EOF or a fatal error, then waits for the
