@@ -310,3 +310,33 @@ func TestSlowBackendOverlaps(t *testing.T) {
 		t.Fatalf("at most %d of 16 concurrent reads overlapped on a slow backend", m)
 	}
 }
+
+// TestMultiConn: what one connection wrote and flushed is what another
+// reads (CAN_MULTI_CONN is advertised for the file backend).
+func TestMultiConn(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	be, err := OpenFile(path, 1<<20, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	ts := startServer(t, Config{Exports: SingleExport(&Export{Name: "d", Backend: be})})
+	a := dial(t, ts.addr, ClientOptions{Export: "d"})
+	b := dial(t, ts.addr, ClientOptions{Export: "d", Structured: true})
+	if a.Flags&tflagCanMultiConn == 0 {
+		t.Fatal("file export does not advertise CAN_MULTI_CONN")
+	}
+	for i := 0; i < 20; i++ {
+		want := bytes.Repeat([]byte{byte(i)}, 4096)
+		if err := a.WriteAt(want, int64(i)*4096, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4096)
+		if err := b.ReadAt(got, int64(i)*4096); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("block %d written on one connection not read on the other: %v", i, err)
+		}
+	}
+}
