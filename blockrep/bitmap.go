@@ -188,6 +188,9 @@ func UnmarshalBitmap(data []byte) (*Bitmap, error) {
 	for i := range b.words {
 		b.words[i] = binary.BigEndian.Uint64(body[24+8*i:])
 	}
+	if extra := int64(len(b.words))*64 - b.Regions(); extra > 0 && b.words[len(b.words)-1]>>(64-uint(extra)) != 0 {
+		return nil, fmt.Errorf("%w: bits set past the last region", ErrCorruptBitmap)
+	}
 	return b, nil
 }
 
