@@ -2,6 +2,15 @@
 // the primary's write path, the peer protocol, epochs and generations,
 // resync, scrub and verify.
 //
-// This first part holds the pieces a replica keeps on disk: the per-peer
-// out-of-sync bitmap (bitmap.go).
+// This first part holds what a replica keeps on disk:
+//
+//   - store.go: the data file (sparse, pread/pwrite) and a checksum file
+//     with one crc32c per 4 KiB block, written beside the data and made
+//     durable with it by Flush. A read checks every block it touches and
+//     names the ones that fail (silent corruption), VerifyBlocks is scrub.
+//   - activitylog.go: DRBD's activity log. No metadata is synced per write;
+//     only when a write reaches a cold 4 MiB extent is the log synced, and
+//     after a crash only the logged extents are re-verified.
+//   - bitmap.go: the per-peer out-of-sync bitmap (64 KiB regions) that
+//     makes resync resend only what a peer missed.
 package blockrep

@@ -1,0 +1,5 @@
+//go:build !race
+
+package blockrep
+
+const raceEnabled = false

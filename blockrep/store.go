@@ -1,0 +1,410 @@
+package blockrep
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Store is one node's copy of a volume: a sparse data file, a checksum
+// file (one crc32c per 4 KiB block) and the activity log, in one directory.
+//
+// Data and checksums are written with pwrite and made durable together by
+// Flush (fdatasync of both). Nothing is synced per write: the activity log
+// bounds what a crash can leave inconsistent, and Open re-verifies exactly
+// that.
+type Store struct {
+	dir   string
+	data  *os.File
+	sums  *os.File
+	size  int64
+	al    *activityLog
+	locks [256]sync.RWMutex // striped by block: a block's data and checksum change together
+	// Recovered lists the extents re-verified at Open after a crash; the
+	// replication layer resends them to peers.
+	Recovered []int64
+}
+
+// StoreOptions tune a store.
+type StoreOptions struct {
+	ALExtents int // activity log capacity in 4 MiB extents; default 256
+}
+
+const maxVolumeBytes = 1 << 50 // 1 PiB: a limit, and room for the checksum file
+
+// CreateStore makes a new empty store of sizeBytes in dir.
+func CreateStore(dir string, sizeBytes int64, o StoreOptions) (*Store, error) {
+	if sizeBytes <= 0 || sizeBytes%BlockBytes != 0 || sizeBytes > maxVolumeBytes {
+		return nil, fmt.Errorf("volume size %d must be a positive multiple of %d up to %d", sizeBytes, BlockBytes, int64(maxVolumeBytes))
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
+		return nil, fmt.Errorf("%s already holds a replica", dir)
+	}
+	for _, f := range []struct {
+		name string
+		size int64
+	}{{"data", sizeBytes}, {"sums", sizeBytes / BlockBytes * sumBytes}} {
+		fh, err := os.OpenFile(filepath.Join(dir, f.name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		err = fh.Truncate(f.size)
+		if err == nil {
+			err = fh.Sync()
+		}
+		fh.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return OpenStore(dir, o)
+}
+
+// OpenStore opens a store; after a crash it recomputes the checksums of the
+// extents the activity log names.
+func OpenStore(dir string, o StoreOptions) (*Store, error) {
+	if o.ALExtents == 0 {
+		o.ALExtents = DefaultALExtents
+	}
+	s := &Store{dir: dir}
+	var err error
+	if s.data, err = os.OpenFile(filepath.Join(dir, "data"), os.O_RDWR, 0); err != nil {
+		return nil, err
+	}
+	if s.sums, err = os.OpenFile(filepath.Join(dir, "sums"), os.O_RDWR, 0); err != nil {
+		s.data.Close()
+		return nil, err
+	}
+	st, err := s.data.Stat()
+	if err != nil {
+		s.closeFiles()
+		return nil, err
+	}
+	s.size = st.Size()
+	sst, err := s.sums.Stat()
+	if err != nil || sst.Size() != s.size/BlockBytes*sumBytes {
+		s.closeFiles()
+		return nil, fmt.Errorf("%s: checksum file does not match the data file", dir)
+	}
+	var dirty []int64
+	s.al, dirty, err = openActivityLog(filepath.Join(dir, "activity"), o.ALExtents, s.syncFiles)
+	if err != nil {
+		// Without a log we cannot know what a crash touched: recompute
+		// every checksum rather than report false corruption.
+		s.closeFiles()
+		return nil, err
+	}
+	if len(dirty) > 0 {
+		for _, e := range dirty {
+			if err := s.reverify(e); err != nil {
+				s.Close()
+				return nil, err
+			}
+		}
+		if err := s.syncFiles(); err != nil {
+			s.Close()
+			return nil, err
+		}
+		if err := s.al.markClean(); err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.Recovered = dirty
+	}
+	return s, nil
+}
+
+func (s *Store) closeFiles() {
+	s.data.Close()
+	s.sums.Close()
+}
+
+// Size is the volume size.
+func (s *Store) Size() int64 { return s.size }
+
+// reverify recomputes the checksums of one extent from its data.
+func (s *Store) reverify(extent int64) error {
+	off := extent * ExtentBytes
+	if off >= s.size {
+		return nil
+	}
+	n := min(int64(ExtentBytes), s.size-off)
+	buf := make([]byte, n)
+	if err := pread(s.data, buf, off); err != nil {
+		return err
+	}
+	sums := make([]byte, n/BlockBytes*sumBytes)
+	for i := int64(0); i < n/BlockBytes; i++ {
+		putSum(sums[i*sumBytes:], blockSum(buf[i*BlockBytes:(i+1)*BlockBytes]))
+	}
+	return pwrite(s.sums, sums, off/BlockBytes*sumBytes)
+}
+
+// lockRange locks the stripes of the blocks of [off, off+length) in
+// ascending order (no deadlock between overlapping ranges).
+func (s *Store) lockRange(off, length int64, write bool) func() {
+	first, last := off/BlockBytes, (off+length-1)/BlockBytes
+	var held [len(Store{}.locks)]bool
+	n := 0
+	for b := first; b <= last && n < len(held); b++ {
+		if i := b % int64(len(held)); !held[i] {
+			held[i] = true
+			n++
+		}
+	}
+	for i := range held {
+		if held[i] {
+			if write {
+				s.locks[i].Lock()
+			} else {
+				s.locks[i].RLock()
+			}
+		}
+	}
+	return func() {
+		for i := range held {
+			if held[i] {
+				if write {
+					s.locks[i].Unlock()
+				} else {
+					s.locks[i].RUnlock()
+				}
+			}
+		}
+	}
+}
+
+func (s *Store) checkRange(off, length int64) error {
+	if off < 0 || length < 0 || off+length > s.size || off+length < off {
+		return fmt.Errorf("range %d+%d outside the volume (%d bytes): %w", off, length, s.size, unix.EINVAL)
+	}
+	return nil
+}
+
+// ReadAt reads p at off and checks every block it touches against its
+// checksum. On a mismatch p is filled anyway and a *ChecksumError names the
+// bad blocks (the caller reads them from another replica).
+func (s *Store) ReadAt(p []byte, off int64) error {
+	n := int64(len(p))
+	if n == 0 {
+		return nil
+	}
+	if err := s.checkRange(off, n); err != nil {
+		return err
+	}
+	unlock := s.lockRange(off, n, false)
+	defer unlock()
+	first, last := off/BlockBytes, (off+n-1)/BlockBytes
+	aligned := off%BlockBytes == 0 && n%BlockBytes == 0
+	var buf []byte
+	if aligned {
+		buf = p
+	} else {
+		buf = make([]byte, (last-first+1)*BlockBytes)
+	}
+	if err := pread(s.data, buf, first*BlockBytes); err != nil {
+		return err
+	}
+	sums := make([]byte, (last-first+1)*sumBytes)
+	if err := pread(s.sums, sums, first*sumBytes); err != nil {
+		return err
+	}
+	var bad []int64
+	for i := int64(0); i <= last-first; i++ {
+		if !sumMatches(getSum(sums[i*sumBytes:]), blockSum(buf[i*BlockBytes:(i+1)*BlockBytes])) {
+			bad = append(bad, first+i)
+		}
+	}
+	if !aligned {
+		copy(p, buf[off-first*BlockBytes:])
+	}
+	if bad != nil {
+		return &ChecksumError{Blocks: bad}
+	}
+	return nil
+}
+
+// WriteAt writes p at off with its checksums; with fua both are durable on
+// return.
+func (s *Store) WriteAt(p []byte, off int64, fua bool) error {
+	n := int64(len(p))
+	if n == 0 {
+		return nil
+	}
+	if err := s.checkRange(off, n); err != nil {
+		return err
+	}
+	if err := s.al.touch(off, n); err != nil {
+		return err
+	}
+	defer s.al.done(off, n)
+	unlock := s.lockRange(off, n, true)
+	err := s.writeLocked(p, off)
+	unlock()
+	if err == nil && fua {
+		err = s.Flush()
+	}
+	return err
+}
+
+func (s *Store) writeLocked(p []byte, off int64) error {
+	n := int64(len(p))
+	first, last := off/BlockBytes, (off+n-1)/BlockBytes
+	if err := pwrite(s.data, p, off); err != nil {
+		return err
+	}
+	sums := make([]byte, (last-first+1)*sumBytes)
+	var block []byte
+	for b := first; b <= last; b++ {
+		start := b * BlockBytes
+		var data []byte
+		if start >= off && start+BlockBytes <= off+n {
+			data = p[start-off : start-off+BlockBytes]
+		} else {
+			// A partial block: checksum what is on disk now (the
+			// stripe lock keeps it stable).
+			if block == nil {
+				block = make([]byte, BlockBytes)
+			}
+			if err := pread(s.data, block, start); err != nil {
+				return err
+			}
+			data = block
+		}
+		putSum(sums[(b-first)*sumBytes:], blockSum(data))
+	}
+	return pwrite(s.sums, sums, first*sumBytes)
+}
+
+// Zero makes a range read as zeroes (punching a hole where the range covers
+// whole blocks) with matching checksums.
+func (s *Store) Zero(off, length int64, fua bool) error {
+	if length == 0 {
+		return nil
+	}
+	if err := s.checkRange(off, length); err != nil {
+		return err
+	}
+	if err := s.al.touch(off, length); err != nil {
+		return err
+	}
+	defer s.al.done(off, length)
+	unlock := s.lockRange(off, length, true)
+	err := s.zeroLocked(off, length)
+	unlock()
+	if err == nil && fua {
+		err = s.Flush()
+	}
+	return err
+}
+
+func (s *Store) zeroLocked(off, length int64) error {
+	// Whole blocks are punched, with their checksums set to 0 ("never
+	// written", which must read as zeroes); partial edges are written.
+	headEnd := min(off+length, (off+BlockBytes-1)/BlockBytes*BlockBytes)
+	tailStart := max(headEnd, (off+length)/BlockBytes*BlockBytes)
+	if headEnd > off {
+		if err := s.writeLocked(make([]byte, headEnd-off), off); err != nil {
+			return err
+		}
+	}
+	if tailStart > headEnd {
+		if err := unix.Fallocate(int(s.data.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, headEnd, tailStart-headEnd); err != nil {
+			if !errors.Is(err, unix.EOPNOTSUPP) {
+				return err
+			}
+			for o := headEnd; o < tailStart; o += zeroChunkBytes {
+				if err := pwrite(s.data, make([]byte, min(zeroChunkBytes, tailStart-o)), o); err != nil {
+					return err
+				}
+			}
+		}
+		if err := pwrite(s.sums, make([]byte, (tailStart-headEnd)/BlockBytes*sumBytes), headEnd/BlockBytes*sumBytes); err != nil {
+			return err
+		}
+	}
+	if off+length > tailStart {
+		return s.writeLocked(make([]byte, off+length-tailStart), tailStart)
+	}
+	return nil
+}
+
+const zeroChunkBytes = 1 << 20
+
+// Flush makes every completed write durable.
+func (s *Store) Flush() error { return s.syncFiles() }
+
+func (s *Store) syncFiles() error {
+	if err := unix.Fdatasync(int(s.data.Fd())); err != nil {
+		return err
+	}
+	return unix.Fdatasync(int(s.sums.Fd()))
+}
+
+// VerifyBlocks re-reads [off, off+length) and returns the blocks whose data
+// does not match their checksums (scrub).
+func (s *Store) VerifyBlocks(off, length int64) ([]int64, error) {
+	buf := make([]byte, min(length, ExtentBytes))
+	var bad []int64
+	for pos := off; pos < off+length; pos += int64(len(buf)) {
+		chunk := buf[:min(int64(len(buf)), off+length-pos)]
+		err := s.ReadAt(chunk, pos)
+		var ce *ChecksumError
+		if errors.As(err, &ce) {
+			bad = append(bad, ce.Blocks...)
+		} else if err != nil {
+			return bad, err
+		}
+	}
+	return bad, nil
+}
+
+// Close flushes, records a clean shutdown, and closes the files.
+func (s *Store) Close() error {
+	err := s.syncFiles()
+	if err == nil {
+		err = s.al.markClean()
+	}
+	s.al.close()
+	s.closeFiles()
+	return err
+}
+
+func pread(f *os.File, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pread(int(f.Fd()), p, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			clear(p)
+			return nil
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+func pwrite(f *os.File, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pwrite(int(f.Fd()), p, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
