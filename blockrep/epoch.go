@@ -1,0 +1,204 @@
+package blockrep
+
+import (
+	"fmt"
+	"slices"
+)
+
+// The epoch rule: how a volume's primary is made, and why two primaries
+// can never both get a write acknowledged.
+//
+// The voters of a volume are its data replicas plus, for a 2-replica
+// volume, the witness (which stores epochs and generations, never data).
+// A quorum is a majority of the voters.
+//
+//  1. Promise. A would-be primary picks an epoch above every epoch it has
+//     seen and asks every voter to promise it. A voter promises only an
+//     epoch above the one it promised before, remembers it durably, and
+//     answers with its generation and the members of that generation.
+//     From then on it refuses anything carrying an older epoch.
+//
+//  2. Generation. A generation (epoch, seq) names a set of data replicas
+//     that are all up to date. The candidate, once a quorum promised,
+//     takes the newest generation among the answers; only a member of that
+//     generation's set holds every acknowledged write, so only such a
+//     member may become primary (another must be resynced first). It then
+//     starts generation (E, 1) with the members of the newest set that
+//     promised it. A primary changes the set (drops a replica it cannot
+//     reach, adds one that finished resync) by a new generation (E, seq+1),
+//     which counts only once every member of the new set and a quorum of
+//     voters have stored it.
+//
+//  3. Write. A data replica accepts a write only under the epoch it
+//     promised and in the generation it is in; the witness checks the
+//     same and stores nothing. The primary acknowledges a write only when
+//     every member of the current generation accepted it and, with them, a
+//     quorum of the voters (so with one of two replicas away, each write is
+//     confirmed by the witness).
+//
+// Why it holds: two quorums of one voter set intersect. Once a quorum
+// promised epoch E, any quorum a primary of an older epoch could gather
+// holds a voter that refuses it: it can get no write acknowledged and make
+// no new generation (invariant 2). A generation is stored by a quorum, so
+// a promise quorum always reports the newest generation that ever held
+// acknowledged writes; its members accepted every one of them, and only
+// such a member may become primary (invariants 1 and 4).
+
+// NodeID names a voter.
+type NodeID uint32
+
+// Epoch only grows.
+type Epoch uint64
+
+// Gen identifies a replica's data history: the generation it last stored.
+type Gen struct {
+	Epoch Epoch  `json:"epoch"`
+	Seq   uint64 `json:"seq"`
+}
+
+// Less orders generations.
+func (g Gen) Less(o Gen) bool {
+	return g.Epoch < o.Epoch || (g.Epoch == o.Epoch && g.Seq < o.Seq)
+}
+
+func (g Gen) String() string { return fmt.Sprintf("%d.%d", g.Epoch, g.Seq) }
+
+// VoterState is what one voter keeps durably for one volume. The caller
+// persists it after every method that returns changed=true, before sending
+// the answer.
+type VoterState struct {
+	ID       NodeID   `json:"id"`
+	HasData  bool     `json:"has_data"` // false for the witness
+	Promised Epoch    `json:"promised"`
+	Gen      Gen      `json:"gen"`
+	Members  []NodeID `json:"members"` // data replicas up to date at Gen
+}
+
+// Promise is a voter's answer to a prepare.
+type Promise struct {
+	From    NodeID
+	Epoch   Epoch
+	Gen     Gen
+	Members []NodeID
+}
+
+// Refusal says why a voter refused.
+type Refusal struct {
+	From     NodeID
+	Promised Epoch
+	Reason   string
+}
+
+func (r *Refusal) Error() string {
+	return fmt.Sprintf("voter %d refused: %s (it promised epoch %d)", r.From, r.Reason, r.Promised)
+}
+
+// Prepare answers a would-be primary.
+func (v *VoterState) Prepare(e Epoch) (Promise, *Refusal) {
+	if e <= v.Promised {
+		return Promise{}, &Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("epoch %d is not above", e)}
+	}
+	v.Promised = e
+	return Promise{From: v.ID, Epoch: e, Gen: v.Gen, Members: slices.Clone(v.Members)}, nil
+}
+
+// StoreGen stores a new generation from the primary of epoch e.
+func (v *VoterState) StoreGen(e Epoch, g Gen, members []NodeID) *Refusal {
+	if e != v.Promised {
+		return &Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("generation from epoch %d", e)}
+	}
+	if g.Epoch != e || !v.Gen.Less(g) {
+		return &Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("generation %v is not newer than %v", g, v.Gen)}
+	}
+	v.Gen = g
+	v.Members = slices.Clone(members)
+	return nil
+}
+
+// AcceptWrite says whether a voter accepts a write of the primary of epoch
+// e in generation g: a data replica then applies it, the witness only
+// confirms it.
+func (v *VoterState) AcceptWrite(e Epoch, g Gen) *Refusal {
+	switch {
+	case e != v.Promised:
+		return &Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("write from epoch %d", e)}
+	case g != v.Gen:
+		return &Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("write in generation %v, this voter is at %v", g, v.Gen)}
+	case v.HasData && !slices.Contains(v.Members, v.ID):
+		return &Refusal{From: v.ID, Promised: v.Promised, Reason: "this replica is out of date (not in the generation's set)"}
+	}
+	return nil
+}
+
+// Quorum is the number of voters that make a majority.
+func Quorum(voters int) int { return voters/2 + 1 }
+
+// Decision is what a candidate may do with the promises it gathered.
+type Decision struct {
+	// Newest is the newest generation among the promises, and
+	// NewestMembers its set: they hold every acknowledged write.
+	Newest        Gen
+	NewestMembers []NodeID
+	// Members is the set of the candidate's first generation (epoch, 1):
+	// the members of the newest set that promised.
+	Members []NodeID
+}
+
+// Decide checks a candidate's promises: a quorum of the voters, and the
+// candidate itself a member of the newest generation. The error says what
+// is missing.
+func Decide(self NodeID, voters []NodeID, e Epoch, promises []Promise) (Decision, error) {
+	got := map[NodeID]Promise{}
+	for _, p := range promises {
+		if p.Epoch == e && slices.Contains(voters, p.From) {
+			got[p.From] = p
+		}
+	}
+	if len(got) < Quorum(len(voters)) {
+		return Decision{}, fmt.Errorf("%d of %d voters promised epoch %d; %d needed", len(got), len(voters), e, Quorum(len(voters)))
+	}
+	var d Decision
+	first := true
+	for _, p := range got {
+		if first || d.Newest.Less(p.Gen) {
+			d.Newest, d.NewestMembers = p.Gen, p.Members
+			first = false
+		}
+	}
+	if !slices.Contains(d.NewestMembers, self) {
+		return Decision{}, fmt.Errorf("node %d is not up to date: the newest generation %v is held by %v", self, d.Newest, d.NewestMembers)
+	}
+	for _, m := range d.NewestMembers {
+		if _, ok := got[m]; ok {
+			d.Members = append(d.Members, m)
+		}
+	}
+	slices.Sort(d.Members)
+	return d, nil
+}
+
+// GenCommitted says whether a generation change was stored where it must
+// be: by every member of the new set and by a quorum of voters.
+func GenCommitted(voters, members []NodeID, stored map[NodeID]bool) bool {
+	n := 0
+	for _, v := range voters {
+		if stored[v] {
+			n++
+		}
+	}
+	if n < Quorum(len(voters)) {
+		return false
+	}
+	for _, m := range members {
+		if !stored[m] {
+			return false
+		}
+	}
+	return true
+}
+
+// WriteAcked says whether a write may be acknowledged: every member of the
+// current generation accepted it, and a quorum of the voters did.
+func WriteAcked(voters, members []NodeID, accepted map[NodeID]bool) bool {
+	return len(members) > 0 && GenCommitted(voters, members, accepted)
+}
