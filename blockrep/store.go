@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-io/paddock/internal/fileio"
 )
 
 // Store is one node's copy of a volume: a sparse data file, a checksum
@@ -377,34 +379,5 @@ func (s *Store) Close() error {
 	return err
 }
 
-func pread(f *os.File, p []byte, off int64) error {
-	for len(p) > 0 {
-		n, err := unix.Pread(int(f.Fd()), p, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			clear(p)
-			return nil
-		}
-		p, off = p[n:], off+int64(n)
-	}
-	return nil
-}
-
-func pwrite(f *os.File, p []byte, off int64) error {
-	for len(p) > 0 {
-		n, err := unix.Pwrite(int(f.Fd()), p, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		p, off = p[n:], off+int64(n)
-	}
-	return nil
-}
+func pread(f *os.File, p []byte, off int64) error  { return fileio.ReadFull(int(f.Fd()), p, off) }
+func pwrite(f *os.File, p []byte, off int64) error { return fileio.WriteFull(int(f.Fd()), p, off) }

@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/paddock-io/paddock/internal/fileio"
 )
 
 // zeroChunkBytes bounds the buffer used when zeroes must be written out by
@@ -97,38 +99,15 @@ func (b *FileBackend) Features() Features {
 }
 
 func (b *FileBackend) ReadAt(p []byte, off int64) error {
-	for len(p) > 0 {
-		n, err := unix.Pread(b.fd, p, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			// Past the end of a file that shrank under us: the
-			// protocol promises bytes, so give zeroes, not garbage.
-			clear(p)
-			return nil
-		}
-		p, off = p[n:], off+int64(n)
-	}
-	return nil
+	return fileio.ReadFull(b.fd, p, off)
 }
 
 func (b *FileBackend) WriteAt(p []byte, off int64, fua bool) error {
 	if b.readOnly {
 		return unix.EPERM
 	}
-	for len(p) > 0 {
-		n, err := unix.Pwrite(b.fd, p, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		p, off = p[n:], off+int64(n)
+	if err := fileio.WriteFull(b.fd, p, off); err != nil {
+		return err
 	}
 	if fua {
 		return b.Flush()
