@@ -1,0 +1,146 @@
+//go:build linux
+
+package migrate
+
+import (
+	"fmt"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// mfdNoexecSeal is MFD_NOEXEC_SEAL (Linux 6.3): guest RAM is never executed
+// as a file, and asking for it keeps the kernel from logging a warning.
+// Older kernels reject it with EINVAL, so NewMemory retries without.
+const mfdNoexecSeal = 0x8
+
+// Memory is a guest's RAM: an anonymous memfd mapped MAP_SHARED. Because it
+// is a file, a VMM in another process can map the same pages (pass it Fd),
+// and the destination can receive into it before the guest exists there.
+//
+// Bytes, Page and the mappings returned by Map stay valid until Close; using
+// them afterwards faults. Memory does no locking of page contents: the guest
+// writes them while the engine reads them, which is the point of dirty
+// tracking.
+type Memory struct {
+	fd        int
+	sizeBytes int64
+	data      []byte
+
+	mu     sync.Mutex
+	views  [][]byte // extra mappings from Map, unmapped by Close
+	closed bool
+}
+
+// NewMemory creates a memfd of sizeBytes (a positive multiple of PageBytes),
+// and maps it read-write. Pages are allocated by the kernel on first write;
+// untouched pages read as zero and cost nothing.
+func NewMemory(name string, sizeBytes int64) (*Memory, error) {
+	if err := checkMemorySize(sizeBytes); err != nil {
+		return nil, err
+	}
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|mfdNoexecSeal)
+	if err == unix.EINVAL {
+		fd, err = unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("migrate: memfd_create: %w", err)
+	}
+	if err := unix.Ftruncate(fd, sizeBytes); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("migrate: ftruncate memfd to %d bytes: %w", sizeBytes, err)
+	}
+	m, err := mapMemory(fd, sizeBytes)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return m, nil
+}
+
+// OpenMemory adopts fd, a memfd (or any shmem file) of exactly sizeBytes,
+// for example one received from a VMM over a unix socket. The Memory owns fd
+// from then on: Close closes it. On error fd is left open.
+func OpenMemory(fd int, sizeBytes int64) (*Memory, error) {
+	if err := checkMemorySize(sizeBytes); err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("migrate: fstat memory fd: %w", err)
+	}
+	if st.Size != sizeBytes {
+		return nil, fmt.Errorf("migrate: memory fd holds %d bytes, want %d", st.Size, sizeBytes)
+	}
+	return mapMemory(fd, sizeBytes)
+}
+
+func mapMemory(fd int, sizeBytes int64) (*Memory, error) {
+	data, err := unix.Mmap(fd, 0, int(sizeBytes), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: mmap %d bytes: %w", sizeBytes, err)
+	}
+	return &Memory{fd: fd, sizeBytes: sizeBytes, data: data}, nil
+}
+
+// Bytes returns the primary mapping of the whole RAM.
+func (m *Memory) Bytes() []byte { return m.data }
+
+// SizeBytes returns the RAM size.
+func (m *Memory) SizeBytes() int64 { return m.sizeBytes }
+
+// Pages returns the number of pages.
+func (m *Memory) Pages() int { return int(m.sizeBytes / PageBytes) }
+
+// Page returns page i of the primary mapping.
+func (m *Memory) Page(i int) []byte {
+	off := i * PageBytes
+	return m.data[off : off+PageBytes : off+PageBytes]
+}
+
+// Fd returns the memfd, for handing to a VMM. It stays owned by m.
+func (m *Memory) Fd() int { return m.fd }
+
+// Map makes another MAP_SHARED mapping of the same pages, as a VMM in this
+// process would. A tracker sees writes only through the mappings it tracks:
+// track every mapping that the guest writes through. Close unmaps it.
+func (m *Memory) Map() ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	view, err := unix.Mmap(m.fd, 0, int(m.sizeBytes), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: mmap second view: %w", err)
+	}
+	m.views = append(m.views, view)
+	return view, nil
+}
+
+// Close unmaps every mapping and closes the memfd. The pages are freed when
+// no other process holds the file. Close is idempotent.
+func (m *Memory) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	var first error
+	for _, v := range m.views {
+		if err := unix.Munmap(v); err != nil && first == nil {
+			first = fmt.Errorf("migrate: munmap view: %w", err)
+		}
+	}
+	m.views = nil
+	if err := unix.Munmap(m.data); err != nil && first == nil {
+		first = fmt.Errorf("migrate: munmap: %w", err)
+	}
+	m.data = nil
+	if err := unix.Close(m.fd); err != nil && first == nil {
+		first = fmt.Errorf("migrate: close memfd: %w", err)
+	}
+	m.fd = -1
+	return first
+}
