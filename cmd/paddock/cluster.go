@@ -1,0 +1,215 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/paddock-io/paddock/node"
+)
+
+func init() {
+	clusterCmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Create a cluster, add and remove nodes",
+	}
+	var co node.CreateOptions
+	var dataDir string
+	create := &cobra.Command{
+		Use:   "create NAME --data-dir DIR --node-name N --cluster-addr IP:PORT",
+		Short: "Make a one-node cluster: cluster id, CA, this node's certificate, authkey",
+		Long: `create makes a new cluster with this node as its only member (like
+"pvecm create"). It writes the cluster CA, this node's certificate, the
+heartbeat authkey and version 1 of the configuration into --data-dir. Start
+the node afterwards with "paddock node --data-dir DIR".
+
+Every node needs a unique name and static addresses: the cluster address
+carries heartbeats (UDP) and node-to-node control (TCP, same port); the
+storage address serves NBD and replication; the migration address receives
+guests.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			co.ClusterName = args[0]
+			cfg, err := node.CreateCluster(node.DataDir{Path: dataDir}, co)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("cluster %q created (id %s) in %s; node %q is node 1\n", cfg.ClusterName, cfg.ClusterID, dataDir, co.NodeName)
+			fmt.Printf("start it with: paddock node --data-dir %s\n", dataDir)
+			return nil
+		},
+	}
+	f := create.Flags()
+	f.StringVar(&dataDir, "data-dir", "", "the node's data directory (created)")
+	f.StringVar(&co.NodeName, "node-name", "", "this node's unique name")
+	f.StringVar(&co.ClusterAddr, "cluster-addr", "", "static IP:PORT for heartbeats and control")
+	f.StringVar(&co.StorageAddr, "storage-addr", "", "static IP:PORT for NBD and replication")
+	f.StringVar(&co.MigrationAddr, "migration-addr", "", "static IP:PORT for live migration")
+	f.Int64Var(&co.TokenMs, "token-ms", node.DefaultTokenMs, "token timeout: a node silent this long is lost (corosync: 3000 + 650 per node beyond two)")
+	for _, req := range []string{"data-dir", "node-name", "cluster-addr"} {
+		create.MarkFlagRequired(req)
+	}
+	clusterCmd.AddCommand(create)
+
+	var tokDir string
+	addToken := &cobra.Command{
+		Use:   "add-token --data-dir DIR",
+		Short: "Print a one-time token that lets a new node join through this node",
+		Long: `add-token asks the running node for a join token (valid once, for 24 hours)
+and prints the "paddock cluster join" line to run on the new node.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var rep node.TokenReply
+			if err := node.NewControlClient(node.DataDir{Path: tokDir}, 10*time.Second).Call("POST", "/v1/tokens", struct{}{}, &rep); err != nil {
+				return err
+			}
+			fmt.Println(rep.Token)
+			fmt.Fprintf(os.Stderr, "valid once, until %s; on the new node run:\n  paddock cluster join %s --token %s --data-dir DIR --node-name NAME --cluster-addr IP:PORT\n",
+				rep.ExpiresAt.Format(time.RFC3339), rep.JoinAddr, rep.Token)
+			return nil
+		},
+	}
+	addToken.Flags().StringVar(&tokDir, "data-dir", "", "the data directory of a running node")
+	addToken.MarkFlagRequired("data-dir")
+	clusterCmd.AddCommand(addToken)
+
+	var jo node.JoinOptions
+	var joinDir string
+	join := &cobra.Command{
+		Use:   "join ADDR --token T --data-dir DIR --node-name N --cluster-addr IP:PORT",
+		Short: "Join an existing cluster through the node at ADDR (its cluster address)",
+		Long: `join adds this node to a cluster (like "pvecm add"): it checks the existing
+node's certificate against the token, asks it to add this node to the
+configuration (that needs quorum), and installs the configuration, the cluster
+CA and the authkey into --data-dir. Start the node afterwards with
+"paddock node --data-dir DIR".`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			jo.Addr = args[0]
+			cfg, id, err := node.JoinCluster(cmd.Context(), node.DataDir{Path: joinDir}, jo)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("joined cluster %q as node %d (%s); configuration version %d, %d nodes\n", cfg.ClusterName, id, jo.NodeName, cfg.Version, len(cfg.Nodes))
+			fmt.Printf("start it with: paddock node --data-dir %s\n", joinDir)
+			return nil
+		},
+	}
+	jf := join.Flags()
+	jf.StringVar(&jo.Token, "token", "", "the token from \"paddock cluster add-token\"")
+	jf.StringVar(&joinDir, "data-dir", "", "this node's data directory (created)")
+	jf.StringVar(&jo.NodeName, "node-name", "", "this node's unique name")
+	jf.StringVar(&jo.ClusterAddr, "cluster-addr", "", "static IP:PORT for heartbeats and control")
+	jf.StringVar(&jo.StorageAddr, "storage-addr", "", "static IP:PORT for NBD and replication")
+	jf.StringVar(&jo.MigrationAddr, "migration-addr", "", "static IP:PORT for live migration")
+	for _, req := range []string{"token", "data-dir", "node-name", "cluster-addr"} {
+		join.MarkFlagRequired(req)
+	}
+	clusterCmd.AddCommand(join)
+
+	var rmDir string
+	remove := &cobra.Command{
+		Use:   "remove NODE --data-dir DIR",
+		Short: "Remove a node from the cluster configuration (needs quorum)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var cfg node.ClusterConfig
+			if err := node.NewControlClient(node.DataDir{Path: rmDir}, 60*time.Second).Call("POST", "/v1/nodes/remove", node.RemoveRequest{Name: args[0]}, &cfg); err != nil {
+				return err
+			}
+			fmt.Printf("node %s removed; configuration version %d, %d nodes\n", args[0], cfg.Version, len(cfg.Nodes))
+			return nil
+		},
+	}
+	remove.Flags().StringVar(&rmDir, "data-dir", "", "the data directory of a running node")
+	remove.MarkFlagRequired("data-dir")
+	clusterCmd.AddCommand(remove)
+	rootCmd.AddCommand(clusterCmd)
+
+	var nodeDir, metricsAddr, logLevel string
+	nodeCmd := &cobra.Command{
+		Use:   "node --data-dir DIR",
+		Short: "Run the paddock daemon of this host",
+		Long: `node runs the daemon: heartbeats on the cluster address, the votequorum
+state machine, the control socket (DIR/paddock.sock) for the CLI, and
+Prometheus metrics on --metrics-addr.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return node.Run(ctx, node.DataDir{Path: nodeDir}, node.Options{MetricsAddr: metricsAddr, Logger: newLogger(logLevel)})
+		},
+	}
+	nodeCmd.Flags().StringVar(&nodeDir, "data-dir", "", "the node's data directory")
+	nodeCmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9810)")
+	nodeCmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	nodeCmd.MarkFlagRequired("data-dir")
+	rootCmd.AddCommand(nodeCmd)
+
+	var statusDir string
+	var asJSON bool
+	statusCmd := &cobra.Command{
+		Use:   "status --data-dir DIR",
+		Short: "Show quorum and membership, like pvecm status (exit 0 quorate, 2 not, 1 error)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var s node.Status
+			c := node.NewControlClient(node.DataDir{Path: statusDir}, 5*time.Second)
+			if err := c.Call("GET", "/v1/status", nil, &s); err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				enc.Encode(s)
+			} else {
+				s.WriteText(os.Stdout)
+			}
+			if !s.Quorum.Quorate {
+				return &exitError{code: 2, err: fmt.Errorf("not quorate: activity blocked")}
+			}
+			return nil
+		},
+	}
+	statusCmd.Flags().StringVar(&statusDir, "data-dir", "", "the node's data directory")
+	statusCmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	statusCmd.MarkFlagRequired("data-dir")
+	rootCmd.AddCommand(statusCmd)
+
+	var expDir string
+	expectedCmd := &cobra.Command{
+		Use:   "expected N --data-dir DIR",
+		Short: "Set expected votes by hand (the pvecm expected emergency lever)",
+		Long: `expected lowers (or raises) the expected votes of this node's view, the way
+"pvecm expected 1" does, so a lone survivor can act. It is refused when N is
+below the current total votes or would make a quorate cluster inquorate.
+
+DANGER: if the other nodes are alive on the other side of a broken network,
+both sides may act: split brain. Only do this when you know they are down.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var n uint32
+			if _, err := fmt.Sscan(args[0], &n); err != nil || n == 0 {
+				return fmt.Errorf("expected votes %q: want a positive number", args[0])
+			}
+			var reply node.ExpectedReply
+			c := node.NewControlClient(node.DataDir{Path: expDir}, 5*time.Second)
+			if err := c.Call("POST", "/v1/expected", node.ExpectedRequest{Votes: n}, &reply); err != nil {
+				return err
+			}
+			if reply.Warning != "" {
+				fmt.Fprintln(os.Stderr, "WARNING:", reply.Warning)
+			}
+			fmt.Printf("expected votes %d, quorum %d, quorate %v\n", reply.Quorum.ExpectedVotes, reply.Quorum.Quorum, reply.Quorum.Quorate)
+			return nil
+		},
+	}
+	expectedCmd.Flags().StringVar(&expDir, "data-dir", "", "the node's data directory")
+	expectedCmd.MarkFlagRequired("data-dir")
+	rootCmd.AddCommand(expectedCmd)
+}

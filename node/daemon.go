@@ -1,0 +1,206 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/paddock-io/paddock/quorum/membership"
+)
+
+// Options of the daemon.
+type Options struct {
+	MetricsAddr string
+	Logger      *slog.Logger
+}
+
+// tickMs is how often the daemon re-evaluates quorum even when nothing was
+// received (a lost node shows up as silence).
+const tickMs = 50
+
+// Daemon is one running node.
+type Daemon struct {
+	dir    DataDir
+	opts   Options
+	log    *slog.Logger
+	hb     *membership.Transport
+	mu     sync.Mutex
+	loaded *Loaded
+	q      quorumEngine
+	status Status
+	conf   *confDriver
+	tokens *tokenStore
+}
+
+// Run starts the node of a data directory and runs until ctx ends.
+func Run(ctx context.Context, dir DataDir, opts Options) error {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	l, err := Load(dir)
+	if err != nil {
+		return err
+	}
+	inc, err := dir.NextIncarnation()
+	if err != nil {
+		return err
+	}
+	me, _ := l.Config.Node(l.Identity.ID)
+	d := &Daemon{dir: dir, opts: opts, loaded: l, log: opts.Logger.With("node", me.Name)}
+	if d.q, err = newQuorumEngine(l.Config, l.Identity.ID); err != nil {
+		return fmt.Errorf("%s: %w", dir.file("cluster.json"), err)
+	}
+	d.hb, err = membership.Listen(membership.Config{
+		Self:        membership.NodeID(l.Identity.ID),
+		ClusterTag:  l.Config.ClusterTag(),
+		Key:         l.AuthKey,
+		Incarnation: inc,
+		TokenMs:     l.Config.TokenMs,
+		IntervalMs:  l.Config.HeartbeatMs(),
+		Listen:      me.ClusterAddr,
+		Peers:       peersOf(l.Config),
+	})
+	if err != nil {
+		return err
+	}
+	d.hb.SetConfigVersion(l.Config.Version)
+	d.tokens = &tokenStore{path: dir.file(tokensFileName)}
+	if d.conf, err = newConfDriver(d); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 4)
+	go func() { errc <- d.hb.Run(ctx) }()
+	go func() { errc <- serveControl(ctx, dir.SocketPath(), d.controlHandler()) }()
+	go func() { errc <- d.servePeers(ctx, me.ClusterAddr) }()
+	go d.conf.run(ctx)
+	if opts.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", opts.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("metrics address: %w", err)
+		}
+		msrv := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go msrv.Serve(ln)
+		defer msrv.Close()
+	}
+	d.log.Info("node started", "cluster", l.Config.ClusterName, "id", l.Identity.ID, "cluster_addr", me.ClusterAddr,
+		"token_ms", l.Config.TokenMs, "config_version", l.Config.Version, "incarnation", inc)
+	d.evaluate()
+	tick := time.NewTicker(tickMs * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.log.Info("node stopping")
+			return nil
+		case err := <-errc:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+		case <-tick.C:
+			d.evaluate()
+		case <-d.hb.Changed():
+			d.evaluate()
+		}
+	}
+}
+
+func peersOf(cfg *ClusterConfig) []membership.Peer {
+	var out []membership.Peer
+	for _, n := range cfg.Nodes {
+		addr, err := net.ResolveUDPAddr("udp", n.ClusterAddr)
+		if err != nil {
+			continue // Validate made sure this cannot happen
+		}
+		out = append(out, membership.Peer{ID: membership.NodeID(n.ID), Addr: addr})
+	}
+	return out
+}
+
+// evaluate feeds the current membership to the quorum engine and logs what
+// changed.
+func (d *Daemon) evaluate() {
+	members := d.hb.Members()
+	ids := make([]uint32, len(members))
+	for i, m := range members {
+		ids[i] = uint32(m)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	before := d.status.Quorum
+	d.q.Update(d.hb.NowMs(), ids)
+	after := d.q.View()
+	d.status = d.buildStatus(after, ids)
+	if before.Quorate != after.Quorate || fmt.Sprint(before.Members) != fmt.Sprint(after.Members) {
+		d.log.Info("membership", "members", fmt.Sprint(after.Members), "quorate", after.Quorate,
+			"total_votes", after.TotalVotes, "expected_votes", after.ExpectedVotes, "quorum", after.Quorum)
+	}
+}
+
+// config is the configuration this node runs now.
+func (d *Daemon) config() *ClusterConfig {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.loaded.Config
+}
+
+// quorate says whether this node's partition is quorate now.
+func (d *Daemon) quorate() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.status.Quorum.Quorate
+}
+
+// peerVersions is the configuration version each peer last announced.
+func (d *Daemon) peerVersions() map[uint32]uint64 {
+	out := map[uint32]uint64{}
+	for _, n := range d.config().Nodes {
+		if v, ok := d.hb.PeerConfigVersion(membership.NodeID(n.ID)); ok {
+			out[n.ID] = v
+		}
+	}
+	return out
+}
+
+// applyConfig switches the running node to a newly committed configuration.
+func (d *Daemon) applyConfig(cfg *ClusterConfig) {
+	d.mu.Lock()
+	old := d.loaded.Config
+	d.loaded.Config = cfg
+	if err := d.q.SetConfig(cfg); err != nil {
+		d.log.Error("quorum options of the committed configuration are refused; keeping the old ones", "err", err)
+	}
+	d.mu.Unlock()
+	d.hb.SetPeers(peersOf(cfg))
+	d.hb.SetConfigVersion(cfg.Version)
+	d.log.Info("configuration installed", "version", cfg.Version, "previous", old.Version, "nodes", len(cfg.Nodes))
+	d.evaluate()
+}
+
+// servePeers serves the other nodes (configuration messages, mutual TLS)
+// and joining nodes (token) on the TCP side of the cluster address.
+func (d *Daemon) servePeers(ctx context.Context, addr string) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /peer/v1/confchange", d.conf.peerHandler)
+	mux.HandleFunc("POST /join/v1", d.joinHandler)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("peer listener on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, TLSConfig: d.loaded.PKI.ServerTLS(false), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	err = srv.ServeTLS(ln, "", "")
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,142 @@
+package node
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// ExpectedRequest is the body of POST /v1/expected.
+type ExpectedRequest struct {
+	Votes uint32 `json:"votes"`
+}
+
+// ExpectedReply says what changed and warns.
+type ExpectedReply struct {
+	Warning string     `json:"warning"`
+	Quorum  QuorumView `json:"quorum"`
+}
+
+func (d *Daemon) controlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		d.mu.Lock()
+		s := d.status
+		d.mu.Unlock()
+		writeJSONResponse(w, http.StatusOK, s)
+	})
+	mux.HandleFunc("POST /v1/expected", func(w http.ResponseWriter, r *http.Request) {
+		var req ExpectedRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		d.mu.Lock()
+		warning, err := d.q.SetExpected(req.Votes)
+		v := d.q.View()
+		d.mu.Unlock()
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		d.log.Warn("expected votes set by hand", "votes", req.Votes)
+		d.evaluate()
+		writeJSONResponse(w, http.StatusOK, ExpectedReply{Warning: warning, Quorum: v})
+	})
+	mux.HandleFunc("POST /v1/tokens", func(w http.ResponseWriter, r *http.Request) {
+		tok, exp, err := d.tokens.issue(Fingerprint(d.loaded.PKI.CACert))
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		me, _ := d.config().Node(d.loaded.Identity.ID)
+		writeJSONResponse(w, http.StatusOK, TokenReply{Token: tok, ExpiresAt: exp, JoinAddr: me.ClusterAddr})
+	})
+	mux.HandleFunc("POST /v1/nodes/remove", func(w http.ResponseWriter, r *http.Request) {
+		var req RemoveRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		cfg, err := d.conf.Propose(r.Context(), func(cur *ClusterConfig) (*ClusterConfig, error) {
+			n, ok := cur.NodeByName(req.Name)
+			if !ok {
+				return nil, fmt.Errorf("no node named %q in the cluster", req.Name)
+			}
+			if n.ID == d.loaded.Identity.ID {
+				return nil, fmt.Errorf("a node cannot remove itself; run this on another node")
+			}
+			next := cloneConfig(cur)
+			next.Nodes = slices.DeleteFunc(next.Nodes, func(x NodeConfig) bool { return x.ID == n.ID })
+			return next, nil
+		})
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, cfg)
+	})
+	return mux
+}
+
+// TokenReply carries a join token.
+type TokenReply struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	JoinAddr  string    `json:"join_addr"`
+}
+
+// RemoveRequest names the node to remove.
+type RemoveRequest struct {
+	Name string `json:"name"`
+}
+
+func (d *Daemon) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	view := func(f func(s *Status) float64) func() float64 {
+		return func() float64 {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			return f(&d.status)
+		}
+	}
+	b2f := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	gauges := []struct {
+		name, help string
+		f          func(s *Status) float64
+	}{
+		{"paddock_quorate", "1 when this node's partition is quorate.", func(s *Status) float64 { return b2f(s.Quorum.Quorate) }},
+		{"paddock_quorum_votes", "Votes needed for quorum.", func(s *Status) float64 { return float64(s.Quorum.Quorum) }},
+		{"paddock_total_votes", "Votes of the nodes in this node's membership.", func(s *Status) float64 { return float64(s.Quorum.TotalVotes) }},
+		{"paddock_expected_votes", "Expected votes.", func(s *Status) float64 { return float64(s.Quorum.ExpectedVotes) }},
+		{"paddock_members", "Nodes in this node's membership.", func(s *Status) float64 { return float64(s.Nodes) }},
+		{"paddock_config_version", "Version of the cluster configuration this node runs.", func(s *Status) float64 { return float64(s.ConfigVersion) }},
+	}
+	for _, g := range gauges {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.name, Help: g.help}, view(g.f)))
+	}
+	counters := []struct {
+		name, help string
+		f          func() int64
+	}{
+		{"paddock_heartbeats_sent_total", "Heartbeats sent.", d.hb.Stats.Sent.Load},
+		{"paddock_heartbeats_accepted_total", "Heartbeats accepted.", d.hb.Stats.Accepted.Load},
+		{"paddock_heartbeats_forged_total", "Heartbeats dropped: authentication or framing failed.", d.hb.Stats.Forged.Load},
+		{"paddock_heartbeats_replayed_total", "Heartbeats dropped: replayed or stale.", d.hb.Stats.Replayed.Load},
+		{"paddock_heartbeats_foreign_total", "Heartbeats dropped: other cluster or unknown node.", d.hb.Stats.Foreign.Load},
+	}
+	for _, c := range counters {
+		f := c.f
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help}, func() float64 { return float64(f()) }))
+	}
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
