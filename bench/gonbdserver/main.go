@@ -1,9 +1,18 @@
-// Command gonbdserver serves a file with github.com/pojntfx/go-nbd's server:
-// a benchmark peer for bench/nbd, never part of paddock.
+// Command gonbdserver serves a file with github.com/pojntfx/go-nbd's
+// server (v0.3.2, server.Handle over backend.FileBackend): a benchmark peer
+// for bench/nbdbench, never part of paddock.
+//
+//	gonbdserver --file disk.img --listen 127.0.0.1:10809 --name bench [--delay 1ms]
+//
+// go-nbd serves one request at a time per connection, advertises neither
+// FLUSH nor FUA, and takes a write lock on the whole file for every write:
+// it is measured as it is, with nothing tuned.
 package main
 
 import (
+	"errors"
 	"flag"
+	"io"
 	"log"
 	"net"
 	"os"
@@ -13,7 +22,9 @@ import (
 	"github.com/pojntfx/go-nbd/pkg/server"
 )
 
-// delayBackend adds a fixed latency to reads and writes.
+// delayBackend adds a fixed latency to every read and write, like paddock
+// serve --backend-delay and nbdkit's delay filter (delay-read,
+// delay-write).
 type delayBackend struct {
 	backend.Backend
 	delay time.Duration
@@ -30,11 +41,15 @@ func (d *delayBackend) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func main() {
-	file := flag.String("file", "", "file to serve")
-	listen := flag.String("listen", "127.0.0.1:10809", "address")
+	file := flag.String("file", "", "file to serve (must exist)")
+	listen := flag.String("listen", "127.0.0.1:10809", "address to listen on")
 	name := flag.String("name", "default", "export name")
-	delay := flag.Duration("delay", 0, "latency added to each read and write")
+	delay := flag.Duration("delay", 0, "latency added to each read and write (e.g. 1ms)")
 	flag.Parse()
+	log.SetPrefix("gonbdserver: ")
+	if *file == "" {
+		log.Fatal("--file is required")
+	}
 	f, err := os.OpenFile(*file, os.O_RDWR, 0)
 	if err != nil {
 		log.Fatal(err)
@@ -48,6 +63,7 @@ func main() {
 		log.Fatal(err)
 	}
 	exports := []*server.Export{{Name: *name, Backend: b}}
+	opts := &server.Options{MinimumBlockSize: 1, PreferredBlockSize: 4096, MaximumBlockSize: 32 << 20, SupportsMultiConn: true}
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -55,7 +71,8 @@ func main() {
 		}
 		go func() {
 			defer c.Close()
-			if err := server.Handle(c, exports, &server.Options{MinimumBlockSize: 1, PreferredBlockSize: 4096, MaximumBlockSize: 32 << 20, SupportsMultiConn: true}); err != nil {
+			// A client that hangs up ends Handle with EOF: not worth a line.
+			if err := server.Handle(c, exports, opts); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) {
 				log.Println(err)
 			}
 		}()
