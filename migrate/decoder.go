@@ -1,0 +1,358 @@
+package migrate
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math/bits"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Frame is one decoded frame. Payload is only valid until the next call to
+// Decoder.Next.
+type Frame struct {
+	Type     FrameType
+	Encoding Encoding // page frames
+	Flags    uint8
+	Index    uint64
+	Count    uint32
+	Payload  []byte
+}
+
+// Decoder reads frames from one stream and checks every one against hard
+// limits before trusting it: header checksum, known type and encoding,
+// payload length bounded by MaxFramePayloadBytes (the only allocation it
+// ever makes on a peer's say-so), page indexes inside RAM, payload checksum.
+// Errors wrap ErrCorruptFrame, or io.ErrUnexpectedEOF for a stream cut
+// mid-frame; a stream that ends between frames gives io.EOF.
+type Decoder struct {
+	r        *bufio.Reader
+	ramPages uint64
+	hdr      [frameHeaderBytes]byte
+	payload  []byte
+	frame    Frame
+	zdec     *zstd.Decoder
+}
+
+// decoderBufferBytes matches the encoder's buffer.
+const decoderBufferBytes = 256 << 10
+
+// NewDecoder reads frames from r. ramPages is the guest's RAM in pages, or
+// 0 until a Hello has been checked (then call SetRAMPages): page frames are
+// refused while it is 0.
+func NewDecoder(r io.Reader, ramPages uint64) *Decoder {
+	return &Decoder{r: bufio.NewReaderSize(r, decoderBufferBytes), ramPages: min(ramPages, MaxMemoryBytes/PageBytes)}
+}
+
+// SetRAMPages sets the RAM size page indexes are checked against.
+func (d *Decoder) SetRAMPages(n uint64) { d.ramPages = min(n, MaxMemoryBytes/PageBytes) }
+
+// Next reads the next frame.
+func (d *Decoder) Next() (*Frame, error) {
+	if n, err := io.ReadFull(d.r, d.hdr[:]); err != nil {
+		if err == io.EOF {
+			return nil, io.EOF
+		}
+		if err == io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("migrate: frame header cut after %d of %d bytes: %w", n, frameHeaderBytes, err)
+		}
+		return nil, err
+	}
+	h, err := parseHeader(d.hdr[:])
+	if err != nil {
+		return nil, err
+	}
+	if h.typ == FramePages {
+		if err := checkPageHeader(&h, d.ramPages); err != nil {
+			return nil, err
+		}
+	}
+	if int(h.length) > cap(d.payload) {
+		// Grow to the next power of two, at most the payload limit: a
+		// forged length costs at most MaxFramePayloadBytes once.
+		d.payload = make([]byte, min(max(1<<bits.Len32(h.length), 4096), MaxFramePayloadBytes))
+	}
+	p := d.payload[:h.length]
+	if n, err := io.ReadFull(d.r, p); err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("migrate: %s frame payload cut after %d of %d bytes: %w", h.typ, n, h.length, io.ErrUnexpectedEOF)
+		}
+		return nil, err
+	}
+	if got := crc32.Checksum(p, castagnoli); got != h.payloadCRC {
+		return nil, corrupt("%s payload checksum %#08x, computed %#08x", h.typ, h.payloadCRC, got)
+	}
+	d.frame = Frame{Type: h.typ, Encoding: h.encoding, Flags: h.flags, Index: h.index, Count: h.count, Payload: p}
+	return &d.frame, nil
+}
+
+// Close releases the zstd decoder, if one was made.
+func (d *Decoder) Close() {
+	if d.zdec != nil {
+		d.zdec.Close()
+		d.zdec = nil
+	}
+}
+
+// ApplyPages writes the pages of a page frame into ram (the destination's
+// guest RAM, ramPages long) and returns what it applied. It fails on a
+// payload that does not decode to exactly the pages the header announced.
+// Run frames are decoded straight into RAM, so on error some of the frame's
+// pages may hold partial data: the destination's RAM is not live until
+// commit, and a failed migration discards it.
+func (d *Decoder) ApplyPages(f *Frame, ram []byte) (PageStats, error) {
+	var st PageStats
+	if f.Type != FramePages {
+		return st, fmt.Errorf("migrate: ApplyPages on a %s frame", f.Type)
+	}
+	if uint64(len(ram)) != d.ramPages*PageBytes {
+		return st, fmt.Errorf("migrate: ApplyPages into %d bytes of RAM, decoder expects %d pages", len(ram), d.ramPages)
+	}
+	// Next checked index and count against ramPages; recheck in case
+	// the caller built the Frame itself.
+	h := frameHeader{typ: f.Type, encoding: f.Encoding, index: f.Index, count: f.Count, length: uint32(len(f.Payload))}
+	if len(f.Payload) > MaxFramePayloadBytes {
+		return st, corrupt("payload of %d bytes", len(f.Payload))
+	}
+	if err := checkPageHeader(&h, d.ramPages); err != nil {
+		return st, err
+	}
+	st.PayloadBytes = uint64(len(f.Payload))
+	if f.Encoding == EncBatch {
+		return d.applyBatch(f, ram, st)
+	}
+	dst := ram[f.Index*PageBytes : (f.Index+uint64(f.Count))*PageBytes]
+	if err := d.decodeInto(f.Encoding, dst, f.Payload); err != nil {
+		return st, err
+	}
+	st.Pages = uint64(f.Count)
+	st.add(f.Encoding, uint64(f.Count))
+	return st, nil
+}
+
+func (s *PageStats) add(enc Encoding, pages uint64) {
+	switch enc {
+	case EncZero:
+		s.ZeroPages += pages
+	case EncRaw:
+		s.RawPages += pages
+	case EncS2:
+		s.S2Pages += pages
+	case EncZstd:
+		s.ZstdPages += pages
+	case EncDelta:
+		s.DeltaPages += pages
+	}
+}
+
+// decodeInto decodes a zero, raw, s2 or zstd payload into dst, which it
+// must fill exactly.
+func (d *Decoder) decodeInto(enc Encoding, dst, payload []byte) error {
+	switch enc {
+	case EncZero:
+		if len(payload) != 0 {
+			return corrupt("zero pages with %d payload bytes", len(payload))
+		}
+		clear(dst)
+	case EncRaw:
+		if len(payload) != len(dst) {
+			return corrupt("raw payload of %d bytes for %d", len(payload), len(dst))
+		}
+		copy(dst, payload)
+	case EncS2:
+		n, err := s2.DecodedLen(payload)
+		if err != nil {
+			return corrupt("%v", err) // s2's errors start with "s2: "
+		}
+		if n != len(dst) {
+			return corrupt("s2 block of %d bytes for %d", n, len(dst))
+		}
+		out, err := s2.Decode(dst, payload)
+		if err != nil {
+			return corrupt("%v", err)
+		}
+		if len(out) != len(dst) || &out[0] != &dst[0] {
+			return corrupt("s2 decoded %d bytes elsewhere", len(out))
+		}
+	case EncZstd:
+		if d.zdec == nil {
+			z, err := zstd.NewReader(nil,
+				zstd.WithDecoderConcurrency(1),
+				zstd.WithDecoderMaxMemory(MaxPagesPerFrame*PageBytes),
+				zstd.WithDecoderMaxWindow(MaxPagesPerFrame*PageBytes),
+				zstd.WithDecodeAllCapLimit(true))
+			if err != nil {
+				return fmt.Errorf("migrate: zstd decoder: %w", err)
+			}
+			d.zdec = z
+		}
+		// The cap limit makes DecodeAll stop at len(dst): it cannot
+		// write past the pages it was given, nor allocate.
+		out, err := d.zdec.DecodeAll(payload, dst[:0:len(dst)])
+		if err != nil {
+			return corrupt("zstd: %v", err)
+		}
+		if len(out) != len(dst) || (len(out) > 0 && &out[0] != &dst[0]) {
+			return corrupt("zstd frame of %d bytes for %d", len(out), len(dst))
+		}
+	default:
+		return corrupt("pages in encoding %s", enc)
+	}
+	return nil
+}
+
+// applyBatch decodes a batch frame's records. Each record's page is checked
+// before anything is written to it.
+func (d *Decoder) applyBatch(f *Frame, ram []byte, st PageStats) (PageStats, error) {
+	p := f.Payload
+	prev := uint64(0)
+	for k := uint32(0); k < f.Count; k++ {
+		gap, n := binary.Uvarint(p)
+		if n <= 0 {
+			return st, corrupt("batch record %d: bad gap", k)
+		}
+		p = p[n:]
+		var page uint64
+		if k == 0 {
+			page = f.Index + gap
+		} else {
+			page = prev + 1 + gap
+		}
+		if gap >= d.ramPages || page >= d.ramPages || page < prev {
+			return st, corrupt("batch record %d: page beyond RAM of %d pages", k, d.ramPages)
+		}
+		prev = page
+		if len(p) == 0 {
+			return st, corrupt("batch record %d: no kind", k)
+		}
+		enc := Encoding(p[0])
+		p = p[1:]
+		var data []byte
+		switch enc {
+		case EncZero:
+		case EncRaw:
+			if len(p) < PageBytes {
+				return st, corrupt("batch record %d: raw page with %d bytes left", k, len(p))
+			}
+			data, p = p[:PageBytes], p[PageBytes:]
+		case EncS2, EncZstd, EncDelta:
+			l, n := binary.Uvarint(p)
+			if n <= 0 || l > uint64(len(p)-n) {
+				return st, corrupt("batch record %d: bad length", k)
+			}
+			data, p = p[n:n+int(l)], p[n+int(l):]
+		default:
+			return st, corrupt("batch record %d: encoding %s", k, enc)
+		}
+		dst := ram[page*PageBytes : (page+1)*PageBytes]
+		if enc == EncDelta {
+			if err := checkDelta(data); err != nil {
+				return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
+			}
+			applyDelta(dst, data)
+		} else if err := d.decodeInto(enc, dst, data); err != nil {
+			return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
+		}
+		st.Pages++
+		st.add(enc, 1)
+	}
+	if len(p) != 0 {
+		return st, corrupt("batch of %d records with %d bytes left over", f.Count, len(p))
+	}
+	return st, nil
+}
+
+// Payload accessors for control frames: each checks the type and the exact
+// layout.
+
+func (f *Frame) want(t FrameType) error {
+	if f.Type != t {
+		return fmt.Errorf("migrate: want a %s frame, got %s", t, f.Type)
+	}
+	return nil
+}
+
+// Hello returns a Hello frame's payload.
+func (f *Frame) Hello() (Hello, error) {
+	if err := f.want(FrameHello); err != nil {
+		return Hello{}, err
+	}
+	return parseHello(f.Payload)
+}
+
+// RoundStart returns a RoundStart frame's payload.
+func (f *Frame) RoundStart() (RoundStart, error) {
+	if err := f.want(FrameRoundStart); err != nil {
+		return RoundStart{}, err
+	}
+	if len(f.Payload) != 8 {
+		return RoundStart{}, corrupt("round start of %d bytes", len(f.Payload))
+	}
+	return RoundStart{DirtyPages: binary.LittleEndian.Uint64(f.Payload)}, nil
+}
+
+// RoundStats returns a RoundEnd frame's payload.
+func (f *Frame) RoundStats() (PageStats, error) {
+	if err := f.want(FrameRoundEnd); err != nil {
+		return PageStats{}, err
+	}
+	return parsePageStats(f.Payload)
+}
+
+// Digest returns a Digest frame's payload.
+func (f *Frame) Digest() (Digest, error) {
+	if err := f.want(FrameDigest); err != nil {
+		return Digest{}, err
+	}
+	return parseDigest(f.Payload)
+}
+
+// ErrorInfo returns an Error frame's payload.
+func (f *Frame) ErrorInfo() (ErrorInfo, error) {
+	if err := f.want(FrameError); err != nil {
+		return ErrorInfo{}, err
+	}
+	return parseErrorInfo(f.Payload)
+}
+
+// DeviceState reassembles the device state from its chunks, in order, up
+// to MaxDeviceStateBytes.
+type DeviceState struct {
+	buf  []byte
+	done bool
+}
+
+// ErrDeviceStateOrder is wrapped when chunks arrive out of order.
+var ErrDeviceStateOrder = errors.New("migrate: device state chunk out of order")
+
+// Add takes the next chunk and reports whether it was the last.
+func (s *DeviceState) Add(f *Frame) (last bool, err error) {
+	if err := f.want(FrameDeviceState); err != nil {
+		return false, err
+	}
+	if s.done {
+		return false, fmt.Errorf("%w: chunk after the last", ErrDeviceStateOrder)
+	}
+	if f.Index != uint64(len(s.buf)) {
+		return false, fmt.Errorf("%w: chunk at offset %d, have %d bytes", ErrDeviceStateOrder, f.Index, len(s.buf))
+	}
+	if len(s.buf)+len(f.Payload) > MaxDeviceStateBytes {
+		return false, corrupt("device state beyond %d bytes", MaxDeviceStateBytes)
+	}
+	s.buf = append(s.buf, f.Payload...)
+	s.done = f.Flags&FlagLast != 0
+	return s.done, nil
+}
+
+// Bytes returns the state once the last chunk is in, else nil.
+func (s *DeviceState) Bytes() []byte {
+	if !s.done {
+		return nil
+	}
+	return s.buf
+}
