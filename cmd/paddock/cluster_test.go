@@ -133,9 +133,19 @@ func TestClusterThreeNodesKillAndRestart(t *testing.T) {
 	for _, n := range nodes {
 		n.waitStatus(t, "3 members, quorate", 20*time.Second, members(3))
 	}
+	// Remove a node (a configuration change, with all three up).
+	out = testbin.Run(t, 60*time.Second, testbin.Paddock(t), "cluster", "remove", "n3", "--data-dir", nodes[0].dir)
+	if !strings.Contains(out, "configuration version 4, 2 nodes") {
+		t.Fatalf("remove: %s", out)
+	}
+	nodes[2].proc.Kill()
+	for _, n := range nodes[:2] {
+		n.waitStatus(t, "version 4 with 2 nodes", 20*time.Second, func(s node.Status) bool {
+			return s.ConfigVersion == 4 && len(s.Membership) == 2 && s.Quorum.Quorate
+		})
+	}
 	// The emergency lever on a lone survivor.
 	nodes[1].proc.Kill()
-	nodes[2].proc.Kill()
 	nodes[0].waitStatus(t, "inquorate", 10*time.Second, inquorate)
 	out = testbin.Run(t, 10*time.Second, testbin.Paddock(t), "expected", "1", "--data-dir", nodes[0].dir)
 	if !strings.Contains(out, "quorate true") {
