@@ -1,27 +1,49 @@
 // Package migrate holds the lower layers of live migration: the guest's
 // memory (a memfd shared with the VMM), dirty-page trackers, the page codec
 // and frame format spoken on the wire, and the transports (QUIC, TLS/TCP)
-// that carry frames between the source and the destination node.
+// that carry frames between the source and the destination node. The
+// pre-copy engine (rounds, convergence, switchover) stands on these pieces.
 //
-// The pre-copy engine (rounds, convergence, switchover) stands on these
-// pieces:
-//
-//   - Memory is the guest's RAM: a memfd mapped MAP_SHARED, so a VMM process
-//     can map the same pages. Page size is PageBytes (4096).
-//   - Tracker reports which pages were written since the previous round.
-//     The default, UffdTracker, uses userfaultfd write-protection in async
-//     mode plus the PAGEMAP_SCAN ioctl: no fault ever reaches user space,
-//     and one ioctl both reads and re-arms the written bits. ExplicitTracker
-//     is the portable fallback where writers call Mark themselves.
+//   - Memory is the guest's RAM: a memfd mapped MAP_SHARED, so a VMM can map
+//     the same pages. The unit everywhere is PageBytes (4096).
+//   - Tracker reports which pages were written since the previous Collect.
+//     UffdTracker (the default, Linux 6.7+) uses userfaultfd write-protection
+//     in async mode plus the PAGEMAP_SCAN ioctl: no fault reaches user space,
+//     and one ioctl both reads and re-arms the written bits. It tracks page
+//     table entries, so every mapping the guest writes through must be given
+//     to it (writes through another mapping or pwrite on the fd are not
+//     seen). ExplicitTracker is fed by its writers (block devices, tests).
+//     CheckUffdTracker says, with an *UnsupportedError, what a kernel lacks.
 //   - Encoder and Decoder speak the frame format (frame.go): page frames in
-//     raw, zero, s2, zstd or XBZRLE-style delta encodings, and control
-//     frames for rounds, device state, the RAM digest and the two-phase
-//     commit. The decoder checks every field against hard limits and never
-//     trusts a length it has not bounded.
+//     zero, raw, s2, zstd or batches of per-page records that may be
+//     XBZRLE-style deltas (xbzrle.go) against a bounded LRU of what was last
+//     sent; control frames for hello, rounds, device state, the RAM digest,
+//     commit, ack and error. Every header and payload has a crc32c; the
+//     decoder checks every field against hard limits before trusting it.
+//   - RAMDigest is a chunked digest of RAM that can be kept current
+//     incrementally.
 //   - Conn carries one control stream and N page streams, over QUIC or over
-//     parallel TLS/TCP connections, mutually authenticated by a CA.
+//     parallel TLS/TCP connections, mutually authenticated by a CA
+//     (TLSIdentity; SelfSignedCA for tests and standalone use).
+//
+// What the engine must respect:
+//
+//   - Read a page's contents only after the Collect that reported it has
+//     returned; send every page reported since the last round.
+//   - Send every version of a page on the same stream (StreamOf): streams
+//     are not ordered with one another, and each Encoder's delta cache must
+//     see every send of its pages. Encoders are one per stream, not shared.
+//   - Collect costs about 30-40 µs for each 2 MiB of address space holding
+//     a written page (re-protecting and flushing the TLB dominate; a clean
+//     1 GiB walk costs ~0.5 ms). The final Collect runs inside the pause and
+//     counts against the downtime.
+//   - Hashing all of RAM runs at ~8 GB/s on two cores here: keep a RAMDigest
+//     current during the rounds (UpdatePages with what was sent) so that
+//     only the last round's chunks are hashed inside the pause.
+//   - Conn.Close may drop data in flight: end with an acknowledgement on the
+//     control stream. Conn.Abort is for cancel and error.
 //
 // Everything here has a limit (frame payload, pages per frame, delta cache,
-// device state size, pending handshakes), and every limit has a name that
-// says its unit.
+// device state size, pending handshakes, page streams), and every limit's
+// name says its unit.
 package migrate
