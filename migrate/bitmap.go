@@ -139,11 +139,11 @@ func (b *Bitmap) NextRun(from int) (start, end int) {
 	return start, b.nextClear(start)
 }
 
-// TakeSet appends to dst up to max set bits at or after from, clearing them,
-// and returns dst and where the next call should start (Len when done). It
-// is how the engine pulls batches of dirty pages to send.
-func (b *Bitmap) TakeSet(dst []uint64, from, max int) ([]uint64, int) {
-	for n := 0; n < max; n++ {
+// TakeSet appends to dst up to limit set bits at or after from, clearing
+// them, and returns dst and where the next call should start (Len when
+// done). It is how the engine pulls batches of dirty pages to send.
+func (b *Bitmap) TakeSet(dst []uint64, from, limit int) ([]uint64, int) {
+	for n := 0; n < limit; n++ {
 		i := b.NextSet(from)
 		if i < 0 {
 			return dst, b.bits

@@ -95,15 +95,16 @@ func NewUffdTracker(views ...[]byte) (*UffdTracker, error) {
 }
 
 // CheckUffdTracker reports whether this kernel and process can run an
-// UffdTracker: nil, or an *UnsupportedError naming what is missing, or the
-// error of the syscall that failed (a seccomp filter, say).
+// UffdTracker over guest memory: nil, or an *UnsupportedError naming what
+// is missing, or the error of the syscall that failed (a seccomp filter,
+// say). It probes a one-page memfd, the kind of memory guests have.
 func CheckUffdTracker() error {
-	m, err := unix.Mmap(-1, 0, PageBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	m, err := NewMemory("paddock-uffd-probe", PageBytes)
 	if err != nil {
-		return fmt.Errorf("migrate: mmap probe page: %w", err)
+		return err
 	}
-	defer unix.Munmap(m)
-	t, err := NewUffdTracker(m)
+	defer m.Close()
+	t, err := NewUffdTracker(m.Bytes())
 	if err != nil {
 		return err
 	}
@@ -151,6 +152,12 @@ func (t *UffdTracker) open() error {
 		if _, err := ioctlPtr(t.uffd, uffdioRegisterIoctl, unsafe.Pointer(&reg)); err != nil {
 			if err == unix.EBUSY {
 				return fmt.Errorf("migrate: UFFDIO_REGISTER: mapping already registered with another userfaultfd: %w", err)
+			}
+			if err == unix.EINVAL {
+				// The range is page-aligned and checked, so the
+				// kernel refuses the kind of memory: write-protect
+				// on shmem needs CONFIG_PTE_MARKER_UFFD_WP.
+				return &UnsupportedError{Feature: "userfaultfd write-protect on this memory (shmem needs CONFIG_PTE_MARKER_UFFD_WP)", Err: err}
 			}
 			return fmt.Errorf("migrate: UFFDIO_REGISTER in write-protect mode: %w", err)
 		}
