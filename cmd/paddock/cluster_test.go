@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,4 +211,32 @@ func exitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+func TestNodeMetrics(t *testing.T) {
+	bin := testbin.Paddock(t)
+	dir := filepath.Join(t.TempDir(), "m1")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t, "127.0.0.1"))
+	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t, "127.0.0.1"))
+	testbin.Run(t, 30*time.Second, bin, "cluster", "create", "solo", "--data-dir", dir, "--node-name", "m1", "--cluster-addr", addr)
+	p := testbin.Start(t, bin, "node", "--data-dir", dir, "--metrics-addr", metrics)
+	p.WaitFor(t, "node started", 10*time.Second)
+	var body string
+	for i := 0; i < 50; i++ {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			if strings.Contains(body, "paddock_quorate 1") {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, want := range []string{"paddock_quorate 1", "paddock_total_votes 1", "paddock_members 1", "paddock_config_version 1", "paddock_heartbeats_forged_total 0"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
+	}
 }
