@@ -13,4 +13,7 @@
 //     after a crash only the logged extents are re-verified.
 //   - bitmap.go: the per-peer out-of-sync bitmap (64 KiB regions) that
 //     makes resync resend only what a peer missed.
+//   - epoch.go: the rule that makes one primary per epoch and keeps every
+//     acknowledged write (written down there), with a model test.
+//   - wire.go: the peer protocol's messages as checksummed, bounded frames.
 package blockrep

@@ -1,0 +1,208 @@
+package blockrep
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// The peer protocol's messages, as bytes. Every message is a frame:
+//
+//	magic u32 | type u8 | flags u8 | reserved u16 | volume u64 | epoch u64 |
+//	gen.epoch u64 | gen.seq u64 | seq u64 | offset u64 | length u32 |
+//	members count u16 | from u32 | crc32c u32 (of header and body) |
+//	members u32 × count | payload
+//
+// A frame travels inside the cluster's mutual-TLS connections, so the
+// checksum is not for authentication but for catching a bug or a torn
+// buffer before it reaches the disk. Decode bounds everything it reads.
+
+// MsgType is the kind of a peer message.
+type MsgType uint8
+
+const (
+	MsgPrepare    MsgType = iota + 1 // a would-be primary asks for a promise of Epoch
+	MsgPromise                       // the promise: Gen, Members
+	MsgRefuse                        // refused: Epoch is the one promised
+	MsgStoreGen                      // store generation Gen with Members under Epoch
+	MsgStoreGenOK                    // stored
+	MsgWrite                         // write Payload at Offset under Epoch, Gen
+	MsgWriteOK                       // written (Seq names the write)
+	MsgZero                          // zero Length bytes at Offset
+	MsgFlush                         // make every acknowledged write durable
+	MsgFlushOK                       // flushed
+	msgTypeEnd
+)
+
+// Flags of a message.
+const (
+	FlagFUA uint8 = 1 << 0
+)
+
+const (
+	wireMagic       = 0x50445250 // "PDRP"
+	wireHeaderBytes = 4 + 1 + 1 + 2 + 8 + 8 + 8 + 8 + 8 + 8 + 4 + 2 + 4 + 4
+	// MaxPayloadBytes bounds one write's data (the NBD server's maximum).
+	MaxPayloadBytes = 32 << 20
+	maxMembers      = 32
+
+	// Field offsets in the header.
+	offLength  = 56
+	offMembers = 60
+	offFrom    = 62
+	offCRC     = 66
+)
+
+// Message is one peer message.
+type Message struct {
+	Type    MsgType
+	Flags   uint8
+	Volume  uint64
+	From    NodeID
+	Epoch   Epoch
+	Gen     Gen
+	Seq     uint64 // names a write, a zero or a flush, for its answer
+	Offset  uint64
+	Length  uint32 // MsgZero's length; for MsgWrite, len(Payload)
+	Members []NodeID
+	Payload []byte
+}
+
+// ErrBadMessage wraps every decoding error.
+var ErrBadMessage = errors.New("bad peer message")
+
+func badf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrBadMessage}, args...)...)
+}
+
+// Encode appends m's frame to dst.
+func Encode(dst []byte, m *Message) ([]byte, error) {
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	start := len(dst)
+	dst = binary.BigEndian.AppendUint32(dst, wireMagic)
+	dst = append(dst, byte(m.Type), m.Flags, 0, 0)
+	dst = binary.BigEndian.AppendUint64(dst, m.Volume)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(m.Epoch))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(m.Gen.Epoch))
+	dst = binary.BigEndian.AppendUint64(dst, m.Gen.Seq)
+	dst = binary.BigEndian.AppendUint64(dst, m.Seq)
+	dst = binary.BigEndian.AppendUint64(dst, m.Offset)
+	dst = binary.BigEndian.AppendUint32(dst, m.Length)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(m.Members)))
+	dst = binary.BigEndian.AppendUint32(dst, uint32(m.From))
+	crcAt := len(dst)
+	dst = binary.BigEndian.AppendUint32(dst, 0)
+	for _, id := range m.Members {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(id))
+	}
+	dst = append(dst, m.Payload...)
+	binary.BigEndian.PutUint32(dst[crcAt:], crc32.Checksum(dst[start:], castagnoli))
+	return dst, nil
+}
+
+// check enforces what each type may carry.
+func (m *Message) check() error {
+	if m.Type == 0 || m.Type >= msgTypeEnd {
+		return badf("unknown type %d", m.Type)
+	}
+	if len(m.Members) > maxMembers {
+		return badf("%d members, at most %d", len(m.Members), maxMembers)
+	}
+	if m.Flags&^FlagFUA != 0 {
+		return badf("unknown flags %#x", m.Flags)
+	}
+	if m.Type == MsgWrite {
+		if len(m.Payload) == 0 || len(m.Payload) > MaxPayloadBytes || uint32(len(m.Payload)) != m.Length {
+			return badf("write of %d bytes (length field %d; 1 to %d allowed)", len(m.Payload), m.Length, MaxPayloadBytes)
+		}
+	} else if len(m.Payload) != 0 {
+		return badf("%v carries no payload", m.Type)
+	}
+	if m.Type != MsgPromise && m.Type != MsgStoreGen && len(m.Members) != 0 {
+		return badf("%v carries no members", m.Type)
+	}
+	if m.Offset+uint64(m.Length) < m.Offset {
+		return badf("offset %d + length %d overflows", m.Offset, m.Length)
+	}
+	if m.Epoch == 0 && m.Type != MsgRefuse {
+		return badf("%v without an epoch", m.Type)
+	}
+	return nil
+}
+
+// FrameLength reads the total length of the frame that starts hdr (at
+// least wireHeaderBytes long), so a reader knows how much to read next.
+func FrameLength(hdr []byte) (int, error) {
+	if len(hdr) < wireHeaderBytes {
+		return 0, badf("header of %d bytes", len(hdr))
+	}
+	if binary.BigEndian.Uint32(hdr) != wireMagic {
+		return 0, badf("bad magic %#x", binary.BigEndian.Uint32(hdr))
+	}
+	members := int(binary.BigEndian.Uint16(hdr[offMembers:]))
+	if members > maxMembers {
+		return 0, badf("%d members", members)
+	}
+	n := wireHeaderBytes + 4*members
+	if MsgType(hdr[4]) == MsgWrite {
+		length := binary.BigEndian.Uint32(hdr[offLength:])
+		if length == 0 || length > MaxPayloadBytes {
+			return 0, badf("write of %d bytes", length)
+		}
+		n += int(length)
+	}
+	return n, nil
+}
+
+// Decode parses one whole frame. The payload aliases frame.
+func Decode(frame []byte) (*Message, error) {
+	n, err := FrameLength(frame)
+	if err != nil {
+		return nil, err
+	}
+	if len(frame) != n {
+		return nil, badf("frame of %d bytes, header says %d", len(frame), n)
+	}
+	sum := binary.BigEndian.Uint32(frame[offCRC:])
+	c := crc32.Update(crc32.Checksum(frame[:offCRC], castagnoli), castagnoli, []byte{0, 0, 0, 0})
+	c = crc32.Update(c, castagnoli, frame[wireHeaderBytes:])
+	if c != sum {
+		return nil, badf("checksum mismatch")
+	}
+	if frame[6] != 0 || frame[7] != 0 {
+		return nil, badf("reserved bytes set")
+	}
+	m := &Message{
+		Type:   MsgType(frame[4]),
+		Flags:  frame[5],
+		Volume: binary.BigEndian.Uint64(frame[8:]),
+		Epoch:  Epoch(binary.BigEndian.Uint64(frame[16:])),
+		Gen:    Gen{Epoch: Epoch(binary.BigEndian.Uint64(frame[24:])), Seq: binary.BigEndian.Uint64(frame[32:])},
+		Seq:    binary.BigEndian.Uint64(frame[40:]),
+		Offset: binary.BigEndian.Uint64(frame[48:]),
+		Length: binary.BigEndian.Uint32(frame[offLength:]),
+		From:   NodeID(binary.BigEndian.Uint32(frame[offFrom:])),
+	}
+	count := int(binary.BigEndian.Uint16(frame[offMembers:]))
+	for i := 0; i < count; i++ {
+		m.Members = append(m.Members, NodeID(binary.BigEndian.Uint32(frame[wireHeaderBytes+4*i:])))
+	}
+	if m.Type == MsgWrite {
+		m.Payload = frame[wireHeaderBytes+4*count:]
+	}
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (t MsgType) String() string {
+	names := [...]string{"", "Prepare", "Promise", "Refuse", "StoreGen", "StoreGenOK", "Write", "WriteOK", "Zero", "Flush", "FlushOK"}
+	if int(t) < len(names) && t != 0 {
+		return names[t]
+	}
+	return fmt.Sprintf("MsgType(%d)", uint8(t))
+}
