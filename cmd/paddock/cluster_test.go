@@ -240,3 +240,26 @@ func TestNodeMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterFiveNodes: five nodes keep quorum (3) with two down, lose it
+// with three down, and get it back when one returns.
+func TestClusterFiveNodes(t *testing.T) {
+	nodes := makeCluster(t, 5)
+	nodes[3].proc.Kill()
+	nodes[4].proc.Kill()
+	for _, n := range nodes[:3] {
+		n.waitStatus(t, "3 of 5, quorate", 10*time.Second, members(3))
+	}
+	nodes[2].proc.Kill()
+	for _, n := range nodes[:2] {
+		n.waitStatus(t, "2 of 5, inquorate", 10*time.Second, inquorate)
+	}
+	s, _ := nodes[0].status(t)
+	if s.Quorum.Quorum != 3 || s.Quorum.TotalVotes != 2 || s.Quorum.ExpectedVotes != 5 {
+		t.Fatalf("2 of 5: %+v", s.Quorum)
+	}
+	nodes[4].start(t)
+	for _, n := range []*testNode{nodes[0], nodes[1], nodes[4]} {
+		n.waitStatus(t, "3 of 5 again, quorate", 20*time.Second, members(3))
+	}
+}
