@@ -80,6 +80,23 @@ func (d *Daemon) controlHandler() http.Handler {
 		}
 		writeJSONResponse(w, http.StatusOK, cfg)
 	})
+	mux.HandleFunc("POST /v1/quorum-options", func(w http.ResponseWriter, r *http.Request) {
+		var req QuorumOptions
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		cfg, err := d.conf.Propose(r.Context(), func(cur *ClusterConfig) (*ClusterConfig, error) {
+			next := cloneConfig(cur)
+			next.Quorum = req
+			return next, nil
+		})
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, cfg)
+	})
 	return mux
 }
 

@@ -129,6 +129,38 @@ CA and the authkey into --data-dir. Start the node afterwards with
 	remove.Flags().StringVar(&rmDir, "data-dir", "", "the data directory of a running node")
 	remove.MarkFlagRequired("data-dir")
 	clusterCmd.AddCommand(remove)
+
+	var qoDir string
+	var twoNode, waitForAll bool
+	var expectedVotes uint32
+	qo := &cobra.Command{
+		Use:   "quorum-options --data-dir DIR [--two-node] [--wait-for-all] [--expected-votes N]",
+		Short: "Set votequorum options (a configuration change: needs quorum)",
+		Long: `quorum-options sets the votequorum options of the cluster configuration, as
+the quorum section of corosync.conf does; options not given are reset to
+their defaults. --two-node gives a 2-node cluster quorum with one node (and
+turns wait_for_all on unless --wait-for-all=false). The change is committed
+by a quorum of the current configuration's votes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o := node.QuorumOptions{TwoNode: twoNode, ExpectedVotes: expectedVotes}
+			if cmd.Flags().Changed("wait-for-all") {
+				o.WaitForAll = &waitForAll
+			}
+			var cfg node.ClusterConfig
+			if err := node.NewControlClient(node.DataDir{Path: qoDir}, 60*time.Second).Call("POST", "/v1/quorum-options", o, &cfg); err != nil {
+				return err
+			}
+			fmt.Printf("quorum options set; configuration version %d\n", cfg.Version)
+			return nil
+		},
+	}
+	qo.Flags().StringVar(&qoDir, "data-dir", "", "the data directory of a running node")
+	qo.Flags().BoolVar(&twoNode, "two-node", false, "two_node: quorum 1 while the cluster has two nodes")
+	qo.Flags().BoolVar(&waitForAll, "wait-for-all", false, "wait_for_all: inquorate until all expected votes were seen at once")
+	qo.Flags().Uint32Var(&expectedVotes, "expected-votes", 0, "expected_votes (0: the sum of the nodes' votes)")
+	qo.MarkFlagRequired("data-dir")
+	clusterCmd.AddCommand(qo)
 	rootCmd.AddCommand(clusterCmd)
 
 	var nodeDir, metricsAddr, logLevel string

@@ -263,3 +263,31 @@ func TestClusterFiveNodes(t *testing.T) {
 		n.waitStatus(t, "3 of 5 again, quorate", 20*time.Second, members(3))
 	}
 }
+
+// TestClusterTwoNode: without two_node a 2-node cluster loses quorum with
+// one node; with it (set by a configuration change) the survivor stays
+// quorate, and wait_for_all keeps a lone node that starts fresh waiting.
+func TestClusterTwoNode(t *testing.T) {
+	nodes := makeCluster(t, 2)
+	bin := testbin.Paddock(t)
+	out := testbin.Run(t, 60*time.Second, bin, "cluster", "quorum-options", "--two-node", "--data-dir", nodes[0].dir)
+	if !strings.Contains(out, "configuration version 3") {
+		t.Fatalf("quorum-options: %s", out)
+	}
+	for _, n := range nodes {
+		n.waitStatus(t, "two_node in force", 10*time.Second, func(s node.Status) bool {
+			return s.ConfigVersion == 3 && s.Quorum.Quorate && strings.Contains(strings.Join(s.Quorum.Flags, " "), "2Node WaitForAll")
+		})
+	}
+	nodes[1].proc.Kill()
+	nodes[0].waitStatus(t, "alone and still quorate", 10*time.Second, func(s node.Status) bool { return s.Nodes == 1 && s.Quorum.Quorate && s.Quorum.Quorum == 1 })
+	// A restarted lone node waits for all (wait_for_all) before acting.
+	nodes[0].proc.Kill()
+	nodes[0].start(t)
+	time.Sleep(2 * time.Second)
+	if s, _ := nodes[0].status(t); s.Quorum.Quorate {
+		t.Fatalf("a lone two_node member that just started is quorate: %+v", s.Quorum)
+	}
+	nodes[1].start(t)
+	nodes[0].waitStatus(t, "both, quorate", 10*time.Second, members(2))
+}
