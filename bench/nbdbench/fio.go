@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -135,6 +136,13 @@ func runFio(ctx context.Context, w Workload, uri string, runtime, ramp time.Dura
 	cmd := exec.CommandContext(ctx, "fio", fioArgs(w, uri, runtime, ramp, sizeBytes)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	// fio runs each job in a child process that holds stdout open:
+	// killing only the parent would leave Output waiting for the job to
+	// end. fio gets a process group of its own, and it is the group that
+	// is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.Output()
 	if ctx.Err() == context.DeadlineExceeded {
 		return Result{}, fmt.Errorf("fio did not finish within %v (server hung?); stderr: %s", limit, truncate(stderr.String(), 400))

@@ -248,16 +248,16 @@ func (r *Report) Markdown() string {
 			continue
 		}
 		if ratio, peer, ok := r.RatioToBestPeer(w); ok {
-			p("- %s: paddock / best peer (%s) = %.2fx, goal >= %.1fx: **%s**\n", w.Name, peer, ratio, goalRatioToBestPeer, verdict(ratio >= goalRatioToBestPeer))
+			p("- %s: paddock / best peer (%s) = %.3fx, goal >= %.1fx: **%s**\n", w.Name, peer, ratio, goalRatioToBestPeer, verdict(ratio >= goalRatioToBestPeer))
 		} else {
 			p("- %s: paddock / best peer: not measured\n", w.Name)
 		}
 	}
 	if g, ok := r.queueDepthGrowth(); ok {
-		p("- 1 ms backend, IOPS grow with queue depth (QD32 / QD1 = %.1fx): **%s**\n", g, verdict(g > 1))
+		p("- 1 ms backend, IOPS grow with queue depth (QD32 / QD1 = %.2fx): **%s**\n", g, verdict(g > 1))
 	}
 	if ratio, ok := r.ratioToGoNBD1ms(); ok {
-		p("- 1 ms backend, paddock / go-nbd = %.1fx, goal >= %dx: **%s**\n", ratio, goalRatioToGoNBD, verdict(ratio >= goalRatioToGoNBD))
+		p("- 1 ms backend, paddock / go-nbd = %.2fx, goal >= %dx: **%s**\n", ratio, goalRatioToGoNBD, verdict(ratio >= goalRatioToGoNBD))
 	}
 
 	peak := r.peakRSSQD32()

@@ -79,9 +79,9 @@ func TestReportMarkdown(t *testing.T) {
 		"| rand-write-4k-qd32-1ms | IOPS | 24000 | n/a | 800 | 30.00x (go-nbd) |",
 		"paddock does 800 IOPS at QD1 and 24000 IOPS at QD32: **30.0x**",
 		"paddock / go-nbd = **30.0x**",
-		"- seq-read-256k-qd16: paddock / best peer (go-nbd) = 1.25x, goal >= 1.2x: **met**",
-		"- rand-read-4k-qd32: paddock / best peer (qemu-nbd) = 0.50x, goal >= 1.2x: **NOT met**",
-		"- 1 ms backend, paddock / go-nbd = 30.0x, goal >= 20x: **met**",
+		"- seq-read-256k-qd16: paddock / best peer (go-nbd) = 1.250x, goal >= 1.2x: **met**",
+		"- rand-read-4k-qd32: paddock / best peer (qemu-nbd) = 0.500x, goal >= 1.2x: **NOT met**",
+		"- 1 ms backend, paddock / go-nbd = 30.00x, goal >= 20x: **met**",
 		"| **max** | **30.0 MiB** | **8.0 MiB** | **6.0 MiB** |",
 		"| rand-read-4k-qd32 | 1000.0 µs | n/a | n/a |", // 1 s / (100 IOPS * 10 s)
 		"| seq-read-256k-qd16 | paddock | 2000, 1000, 3000 | 2000 | 100% |",
