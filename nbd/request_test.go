@@ -36,7 +36,8 @@ func TestReplyWireFormat(t *testing.T) {
 	if tf := transmissionFlags(&Export{Backend: NewMemoryBackend(4096, true)}, false); tf&tflagReadOnly == 0 || tf&tflagSendTrim != 0 || tf&tflagSendDF != 0 {
 		t.Fatalf("read-only flags %#x", tf)
 	}
-	if tf := transmissionFlags(&Export{Backend: NewMemoryBackend(4096, false)}, true); tf&(tflagSendFlush|tflagSendFUA|tflagSendTrim|tflagSendWriteZeroes|tflagSendFastZero|tflagSendDF|tflagCanMultiConn) == 0 {
+	want := tflagHasFlags | tflagSendFlush | tflagSendFUA | tflagSendTrim | tflagSendWriteZeroes | tflagSendFastZero | tflagSendDF | tflagCanMultiConn
+	if tf := transmissionFlags(&Export{Backend: NewMemoryBackend(4096, false)}, true); tf&want != want || tf&tflagReadOnly != 0 {
 		t.Fatalf("writable flags %#x", tf)
 	}
 }
