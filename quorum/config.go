@@ -234,6 +234,11 @@ func (c Config) rules() (*rules, error) {
 			allOne = false
 		}
 	}
+	if len(errs) > 0 {
+		// The option checks below count nodes and votes: with a node
+		// already refused they would only report echoes of it.
+		return nil, errors.Join(errs...)
+	}
 	slices.SortFunc(r.nodes, func(a, b Node) int { return cmp.Compare(a.ID, b.ID) })
 	nodeCount := len(r.nodes)
 	known := func(id NodeID) bool { _, ok := r.votes[id]; return ok }

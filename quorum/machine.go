@@ -63,7 +63,8 @@ type Machine struct {
 	// handled again only when it changes (a nodeinfo message) or the
 	// membership changes (every node resends its nodeinfo at sync).
 	peerSeen map[NodeID]NodeInfo
-	// peerExpected is votequorum's node->expected_votes for each peer.
+	// peerExpected is votequorum's node->expected_votes for the peers
+	// whose value counts: quorate ones, or all after setAllExpected.
 	peerExpected map[NodeID]uint32
 
 	expected uint32 // us->expected_votes

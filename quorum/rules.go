@@ -50,10 +50,15 @@ func (m *Machine) nodeinfo(id NodeID, info NodeInfo) {
 		allowDecrease = true
 		m.expected = info.ExpectedVotes
 	}
+	// votequorum records a quorate peer's expected votes and gives an
+	// inquorate one this node's own (node->expected_votes); here an
+	// inquorate peer simply follows this node's current value, so a value
+	// recorded before this node adopted lower ones cannot linger and keep
+	// the partition's quorum up.
 	if quorate {
 		m.peerExpected[id] = info.ExpectedVotes
 	} else {
-		m.peerExpected[id] = m.expected
+		delete(m.peerExpected, id)
 	}
 	m.recalculate(allowDecrease, false)
 	if m.r.waitForAll && quorate && !info.WaitingForAll {
@@ -126,13 +131,12 @@ func (m *Machine) calculate(allowDecrease bool, maxExpected uint32) (quorum, tot
 	return quorum, total
 }
 
-// highestExpected is the highest expected votes among the members.
+// highestExpected is the highest expected votes among the members
+// (inquorate peers count with this node's own).
 func (m *Machine) highestExpected() uint32 {
 	h := m.expected
-	for _, id := range m.members() {
-		if id != m.self {
-			h = max(h, m.peerExpected[id])
-		}
+	for _, v := range m.peerExpected {
+		h = max(h, v)
 	}
 	return h
 }
@@ -159,7 +163,8 @@ func (m *Machine) areWeQuorate(total uint32) {
 	// guard from issue #74: fewer nodes left in the last change than the
 	// quorum. paddock adds two conditions, each closing a split brain the
 	// property test found in corosync's rule (see doc.go):
-	//   - the votes outside this partition cannot make a quorum, which
+	//   - the votes that may be elsewhere (expected votes, at most the
+	//     configured ones, minus those here) cannot make a quorum, which
 	//     rules out the half-1 side of an odd count (nodes already away
 	//     can join those that just left and give them a majority);
 	//   - the node was quorate before: the tie breaker keeps quorum, it
@@ -167,7 +172,7 @@ func (m *Machine) areWeQuorate(total uint32) {
 	//     the tie breaker may be stale).
 	if m.r.atb && total == m.expected/2 &&
 		len(m.previous)-len(m.ring) < int(m.quorum) &&
-		(corosyncATB || (wasQuorate && int64(m.r.sumVotes)-int64(total) < int64(m.quorum))) &&
+		(corosyncATB || (wasQuorate && int64(min(m.expected, m.r.sumVotes))-int64(total) < int64(m.quorum))) &&
 		m.tieBreakerHere() {
 		quorate = true
 	}

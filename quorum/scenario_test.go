@@ -33,6 +33,8 @@ import (
 //	expected N on ID         SetExpected on ID (applied by its partition)
 //	cancel_wfa on ID         CancelWaitForAll on ID
 //	status ID                the corosync-quorumtool -s text of ID
+//	corosync_atb on|off      corosync's exact auto_tie_breaker rule (to show
+//	                         the split brains paddock's rule avoids)
 //	assert quorate|inquorate ID,...
 //	print                    every node's view
 //
@@ -292,6 +294,15 @@ func runCommand(t *testing.T, s *sim, d *datadriven.TestData, b *strings.Builder
 				fmt.Fprintf(b, "FAILED: node %d is not %s\n", id, args[0])
 			}
 		}
+		return nil, nil
+	case "corosync_atb":
+		// Switch to corosync's exact auto_tie_breaker rule (see
+		// corosyncATB) for the rest of the file, to show what it does.
+		if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
+			return nil, fmt.Errorf("use: corosync_atb on|off")
+		}
+		corosyncATB = args[0] == "on"
+		t.Cleanup(func() { corosyncATB = false })
 		return nil, nil
 	case "print":
 	default:

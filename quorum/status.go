@@ -157,14 +157,17 @@ func (s *Status) WriteVotequorum(w io.Writer) error {
 	if !s.Quorate {
 		blocked = " Activity blocked"
 	}
+	// No trailing blanks when no flag is set (corosync-quorumtool leaves
+	// them; they only get in the way of copies and diffs).
+	flags := strings.TrimRight("Flags:            "+s.Flags.String(), " ")
 	_, err := fmt.Fprintf(w, "Votequorum information\n"+
 		"----------------------\n"+
 		"Expected votes:   %d\n"+
 		"Highest expected: %d\n"+
 		"Total votes:      %d\n"+
 		"Quorum:           %d%s\n"+
-		"Flags:            %s\n",
-		s.ExpectedVotes, s.HighestExpected, s.TotalVotes, s.Quorum, blocked, s.Flags)
+		"%s\n",
+		s.ExpectedVotes, s.HighestExpected, s.TotalVotes, s.Quorum, blocked, flags)
 	return err
 }
 
