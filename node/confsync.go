@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/paddock-io/paddock/internal/atomicfile"
@@ -29,6 +28,7 @@ const (
 	maxPeerBodyBytes  = 2 << 20
 	proposeTimeout    = 40 * time.Second
 	confStateFileName = "confchange.state"
+	maxSendsInFlight  = 64
 )
 
 // membersOf reads votes out of configuration data (a ClusterConfig).
@@ -62,7 +62,7 @@ type confDriver struct {
 	waiting  map[uint64]proposeReq
 	pending  map[uint64]*ClusterConfig
 	client   *http.Client
-	sendMu   sync.Mutex
+	sending  chan struct{} // bounds sends in flight; a full one drops (the protocol retries)
 	statePth string
 }
 
@@ -101,6 +101,7 @@ func newConfDriver(d *Daemon) (*confDriver, error) {
 		waiting:  map[uint64]proposeReq{},
 		pending:  map[uint64]*ClusterConfig{},
 		statePth: d.dir.file(confStateFileName),
+		sending:  make(chan struct{}, maxSendsInFlight),
 		client: &http.Client{Timeout: peerSendTimeout, Transport: &http.Transport{
 			TLSClientConfig:     d.loaded.PKI.ClientTLS(),
 			MaxIdleConnsPerHost: 2,
@@ -197,7 +198,14 @@ func (cd *confDriver) handle(out confchange.Output) {
 		}
 	}
 	for _, m := range out.Messages {
-		go cd.send(m)
+		select {
+		case cd.sending <- struct{}{}:
+			go func() {
+				defer func() { <-cd.sending }()
+				cd.send(m)
+			}()
+		default:
+		}
 	}
 	for _, c := range out.Applied {
 		if err := cd.install(c); err != nil {
