@@ -31,7 +31,7 @@ type Daemon struct {
 	hb     *membership.Transport
 	mu     sync.Mutex
 	loaded *Loaded
-	q      quorumEngine
+	q      *quorumEngine
 	status Status
 	conf   *confDriver
 	tokens *tokenStore
@@ -52,7 +52,7 @@ func Run(ctx context.Context, dir DataDir, opts Options) error {
 	}
 	me, _ := l.Config.Node(l.Identity.ID)
 	d := &Daemon{dir: dir, opts: opts, loaded: l, log: opts.Logger.With("node", me.Name)}
-	if d.q, err = newQuorumEngine(l.Config, l.Identity.ID); err != nil {
+	if d.q, err = newQuorumEngine(l.Config, l.Identity.ID, 0); err != nil {
 		return fmt.Errorf("%s: %w", dir.file("cluster.json"), err)
 	}
 	d.hb, err = membership.Listen(membership.Config{
@@ -126,17 +126,19 @@ func peersOf(cfg *ClusterConfig) []membership.Peer {
 // evaluate feeds the current membership to the quorum engine and logs what
 // changed.
 func (d *Daemon) evaluate() {
-	members := d.hb.Members()
+	members := d.hb.MembersInfo()
 	ids := make([]uint32, len(members))
 	for i, m := range members {
-		ids[i] = uint32(m)
+		ids[i] = uint32(m.ID)
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	before := d.status.Quorum
-	d.q.Update(d.hb.NowMs(), ids)
-	after := d.q.View()
+	d.q.Update(d.hb.NowMs(), members)
+	after := d.q.View(ids)
 	d.status = d.buildStatus(after, ids)
+	flags, expected := d.q.LocalInfo()
+	d.mu.Unlock()
+	d.hb.SetLocalInfo(flags, expected)
 	if before.Quorate != after.Quorate || fmt.Sprint(before.Members) != fmt.Sprint(after.Members) {
 		d.log.Info("membership", "members", fmt.Sprint(after.Members), "quorate", after.Quorate,
 			"total_votes", after.TotalVotes, "expected_votes", after.ExpectedVotes, "quorum", after.Quorum)
@@ -173,8 +175,8 @@ func (d *Daemon) applyConfig(cfg *ClusterConfig) {
 	d.mu.Lock()
 	old := d.loaded.Config
 	d.loaded.Config = cfg
-	if err := d.q.SetConfig(cfg); err != nil {
-		d.log.Error("quorum options of the committed configuration are refused; keeping the old ones", "err", err)
+	if err := d.q.SetConfig(cfg, d.hb.NowMs()); err != nil {
+		d.log.Warn("quorum options of the committed configuration not applied now", "err", err)
 	}
 	d.mu.Unlock()
 	d.hb.SetPeers(peersOf(cfg))

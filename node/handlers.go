@@ -36,8 +36,8 @@ func (d *Daemon) controlHandler() http.Handler {
 			return
 		}
 		d.mu.Lock()
-		warning, err := d.q.SetExpected(req.Votes)
-		v := d.q.View()
+		warning, err := d.q.SetExpected(d.hb.NowMs(), req.Votes)
+		v := d.q.View(d.status.Quorum.Members)
 		d.mu.Unlock()
 		if err != nil {
 			writeError(w, http.StatusConflict, err)

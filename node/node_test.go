@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/paddock-io/paddock/quorum/membership"
 )
 
 func createTest(t *testing.T) (DataDir, *ClusterConfig) {
@@ -116,14 +118,25 @@ func TestTokens(t *testing.T) {
 	}
 }
 
-func TestBasicVotequorum(t *testing.T) {
+// TestQuorumEngine drives the daemon's adapter over package quorum with
+// the seeds' examples.
+func TestQuorumEngine(t *testing.T) {
 	_, c := createTest(t)
 	c.Nodes = append(c.Nodes, NodeConfig{ID: 2, Name: "pve2", Votes: 1, ClusterAddr: "127.0.0.2:5405"}, NodeConfig{ID: 3, Name: "pve3", Votes: 1, ClusterAddr: "127.0.0.3:5405"})
-	q, err := newQuorumEngine(c, 1)
+	q, err := newQuorumEngine(c, 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	step := func(members ...uint32) QuorumView { q.Update(0, members); return q.View() }
+	now := int64(0)
+	step := func(ids ...uint32) QuorumView {
+		now += 100
+		var ms []membership.MemberInfo
+		for _, id := range ids {
+			ms = append(ms, membership.MemberInfo{ID: membership.NodeID(id)})
+		}
+		q.Update(now, ms)
+		return q.View(ids)
+	}
 	if v := step(1, 2, 3); !v.Quorate || v.Quorum != 2 || v.TotalVotes != 3 {
 		t.Fatalf("3 of 3: %+v", v)
 	}
@@ -133,10 +146,13 @@ func TestBasicVotequorum(t *testing.T) {
 	if v := step(1); v.Quorate || v.Quorum != 2 {
 		t.Fatalf("3 nodes lose 2: %+v", v)
 	}
-	if _, err := q.SetExpected(0); err == nil {
+	if flags, exp := q.LocalInfo(); flags&membership.FlagQuorate != 0 || exp != 3 {
+		t.Fatalf("announced %#x %d", flags, exp)
+	}
+	if _, err := q.SetExpected(now, 0); err == nil {
 		t.Fatal("expected 0 accepted")
 	}
-	if _, err := q.SetExpected(1); err != nil {
+	if _, err := q.SetExpected(now, 1); err != nil {
 		t.Fatal(err)
 	}
 	if v := step(1); !v.Quorate || v.Quorum != 1 {
@@ -145,29 +161,26 @@ func TestBasicVotequorum(t *testing.T) {
 	if v := step(1, 2, 3); v.ExpectedVotes != 3 || v.Quorum != 2 {
 		t.Fatalf("expected votes rise again with the votes present: %+v", v)
 	}
-	if _, err := q.SetExpected(6); err == nil {
+	if _, err := q.SetExpected(now, 6); err == nil {
 		t.Fatal("expected 6 would make a quorate cluster of 3 votes inquorate (quorum 4), yet accepted")
-	}
-	if _, err := q.SetExpected(5); err != nil {
-		t.Fatalf("expected 5 keeps 3 votes quorate (quorum 3): %v", err)
 	}
 	// Six nodes need four (the Pacemaker seed's example).
 	for i := uint32(4); i <= 6; i++ {
 		c.Nodes = append(c.Nodes, NodeConfig{ID: i, Name: "pve" + string(rune('0'+i)), Votes: 1, ClusterAddr: "127.0.0." + string(rune('0'+i)) + ":5405"})
 	}
-	q, _ = newQuorumEngine(c, 1)
+	q, _ = newQuorumEngine(c, 1, 0)
 	if v := step(1, 2, 3); v.Quorate || v.Quorum != 4 {
 		t.Fatalf("6 nodes, 3 present: %+v", v)
 	}
 	// Two nodes lose one: inquorate, unless two_node.
 	c.Nodes = c.Nodes[:2]
-	q, _ = newQuorumEngine(c, 1)
+	q, _ = newQuorumEngine(c, 1, 0)
 	step(1, 2)
 	if v := step(1); v.Quorate {
 		t.Fatalf("2 nodes lose 1 without two_node: %+v", v)
 	}
 	c.Quorum.TwoNode = true
-	q, _ = newQuorumEngine(c, 1)
+	q, _ = newQuorumEngine(c, 1, 0)
 	if v := step(1); v.Quorate {
 		t.Fatalf("two_node implies wait_for_all: alone at start must wait: %+v", v)
 	}
@@ -175,9 +188,14 @@ func TestBasicVotequorum(t *testing.T) {
 	if v := step(1); !v.Quorate {
 		t.Fatalf("two_node after both were seen: %+v", v)
 	}
-	c.Quorum.TwoNode = false
-	c.Quorum.LastManStanding = true
-	if _, err := newQuorumEngine(c, 1); err == nil {
-		t.Fatal("an unsupported option was accepted")
+	// Conflicts corosync refuses are refused here too.
+	c.Quorum.AutoTieBreaker = true
+	if _, err := newQuorumEngine(c, 1, 0); err == nil {
+		t.Fatal("two_node with auto_tie_breaker accepted")
+	}
+	c.Quorum.AutoTieBreaker = false
+	c.Quorum.Witness = &Witness{Addr: "127.0.0.9:5406"}
+	if _, err := newQuorumEngine(c, 1, 0); err == nil {
+		t.Fatal("a witness was accepted though the daemon cannot reach one")
 	}
 }

@@ -3,155 +3,134 @@ package node
 import (
 	"errors"
 	"fmt"
+
+	"github.com/paddock-io/paddock/quorum"
+	"github.com/paddock-io/paddock/quorum/membership"
 )
 
-// quorumEngine is the part of votequorum the daemon drives: membership in,
-// the quorum view out.
-type quorumEngine interface {
-	// SetConfig switches to a newly committed configuration.
-	SetConfig(cfg *ClusterConfig) error
-	// Update feeds the current membership (node ids, self included).
-	Update(nowMs int64, members []uint32)
-	// View is the current decision.
-	View() QuorumView
-	// SetExpected is the "pvecm expected" lever; it returns a warning.
-	SetExpected(votes uint32) (string, error)
+// quorumEngine drives package quorum (votequorum as a pure state machine)
+// from the daemon: membership with each peer's announced state in, the
+// decision out, and this node's own state to announce in heartbeats.
+type quorumEngine struct {
+	m    *quorum.Machine
+	self uint32
+	// pending holds a configuration whose startup-only options differ:
+	// corosync applies those at the next start, and so do we.
+	pending bool
 }
 
-// basicVotequorum implements votequorum's core rules (votequorum(5)):
-// quorum = max(highest expected, total votes)/2 + 1; expected votes rise
-// when the votes present exceed them and never fall on their own;
-// two_node (quorum 1 with two nodes, wait_for_all on unless set off);
-// wait_for_all (inquorate until every expected vote was present at once);
-// and the expected-votes override.
-//
-// It refuses the options it does not implement (last_man_standing,
-// auto_tie_breaker, a witness) rather than ignore them.
-type basicVotequorum struct {
-	votes           map[uint32]uint32
-	nodes           int
-	configExpected  uint32
-	highestExpected uint32
-	twoNode         bool
-	waitForAll      bool
-	wfaSatisfied    bool
-	view            QuorumView
+// quorumConfig is the quorum part of a cluster configuration.
+func quorumConfig(cfg *ClusterConfig) (quorum.Config, error) {
+	o := cfg.Quorum
+	qc := quorum.Config{
+		ExpectedVotes:           o.ExpectedVotes,
+		TwoNode:                 o.TwoNode,
+		WaitForAll:              o.WaitForAll,
+		LastManStanding:         o.LastManStanding,
+		LastManStandingWindowMs: o.LastManStandingWindowMs,
+		AutoTieBreaker:          o.AutoTieBreaker,
+	}
+	for _, n := range cfg.Nodes {
+		qc.Nodes = append(qc.Nodes, quorum.Node{ID: quorum.NodeID(n.ID), Name: n.Name, Votes: n.Votes})
+	}
+	if o.AutoTieBreakerNode != "" {
+		tb, err := quorum.ParseTieBreaker(o.AutoTieBreakerNode)
+		if err != nil {
+			return qc, err
+		}
+		qc.AutoTieBreakerNode = tb
+	}
+	if o.Witness != nil {
+		// The quorum rules know the witness; the daemon cannot reach
+		// one yet ("paddock witness" is still to come), and a witness
+		// that never votes must not be configured silently.
+		return qc, errors.New("a witness is not supported by the daemon yet")
+	}
+	return qc, qc.Validate()
 }
 
-func newQuorumEngine(cfg *ClusterConfig, self uint32) (quorumEngine, error) {
-	q := &basicVotequorum{}
-	if err := q.SetConfig(cfg); err != nil {
+func newQuorumEngine(cfg *ClusterConfig, self uint32, nowMs int64) (*quorumEngine, error) {
+	qc, err := quorumConfig(cfg)
+	if err != nil {
 		return nil, err
 	}
-	return q, nil
+	m, err := quorum.New(qc, quorum.NodeID(self), nowMs)
+	if err != nil {
+		return nil, err
+	}
+	return &quorumEngine{m: m, self: self}, nil
 }
 
 // validateQuorumOptions checks the quorum options of a configuration
 // before it is proposed.
 func (d *Daemon) validateQuorumOptions(cfg *ClusterConfig) error {
-	return (&basicVotequorum{}).SetConfig(cfg)
+	_, err := quorumConfig(cfg)
+	return err
 }
 
-func (q *basicVotequorum) SetConfig(cfg *ClusterConfig) error {
-	o := cfg.Quorum
-	switch {
-	case o.LastManStanding:
-		return errors.New("last_man_standing is not supported by this build yet")
-	case o.AutoTieBreaker:
-		return errors.New("auto_tie_breaker is not supported by this build yet")
-	case o.Witness != nil:
-		return errors.New("a witness is not supported by this build yet")
-	case o.TwoNode && len(cfg.Nodes) > 2:
-		// corosync turns two_node off when a third node is configured.
+// SetConfig switches to a newly committed configuration. Options corosync
+// reads only at startup take effect at the next start of the node.
+func (q *quorumEngine) SetConfig(cfg *ClusterConfig, nowMs int64) error {
+	qc, err := quorumConfig(cfg)
+	if err != nil {
+		return err
 	}
-	votes := map[uint32]uint32{}
-	var sum uint32
-	for _, n := range cfg.Nodes {
-		votes[n.ID] = n.Votes
-		sum += n.Votes
+	err = q.m.Reconfigure(nowMs, qc)
+	if errors.Is(err, quorum.ErrRestartRequired) {
+		q.pending = true
+		return fmt.Errorf("%w: it takes effect when this node restarts", err)
 	}
-	expected := o.ExpectedVotes
-	if expected == 0 {
-		expected = sum
-	}
-	q.votes = votes
-	q.nodes = len(cfg.Nodes)
-	q.configExpected = expected
-	// A new configuration resets expected votes to what it says (as a
-	// corosync.conf reload does); they rise again with the votes seen.
-	q.highestExpected = expected
-	q.twoNode = o.TwoNode && len(cfg.Nodes) <= 2
-	q.waitForAll = q.twoNode
-	if o.WaitForAll != nil {
-		q.waitForAll = *o.WaitForAll
-	}
-	return nil
+	return err
 }
 
-func (q *basicVotequorum) quorumFor(total uint32) uint32 {
-	if q.twoNode {
-		return 1
-	}
-	return max(q.highestExpected, total)/2 + 1
-}
-
-func (q *basicVotequorum) Update(nowMs int64, members []uint32) {
-	var total uint32
-	var present []uint32
-	for _, m := range members {
-		if v, ok := q.votes[m]; ok {
-			total += v
-			present = append(present, m)
+// Update feeds the membership and what each member announced.
+func (q *quorumEngine) Update(nowMs int64, members []membership.MemberInfo) {
+	v := quorum.View{}
+	for _, mi := range members {
+		info := quorum.NodeInfo{}
+		if uint32(mi.ID) != q.self {
+			info = quorum.NodeInfo{
+				ExpectedVotes: mi.ExpectedVotes,
+				Quorate:       mi.Flags&membership.FlagQuorate != 0,
+				WaitingForAll: mi.Flags&membership.FlagWaitingForAll != 0,
+			}
 		}
+		v.Members = append(v.Members, quorum.Member{ID: quorum.NodeID(mi.ID), Info: info})
 	}
-	if total > q.highestExpected {
-		q.highestExpected = total
-	}
-	if total >= q.highestExpected {
-		q.wfaSatisfied = true
-	}
-	quorum := q.quorumFor(total)
-	quorate := total >= quorum && (!q.waitForAll || q.wfaSatisfied)
-	var flags []string
-	if quorate {
-		flags = append(flags, "Quorate")
-	}
-	if q.twoNode {
-		flags = append(flags, "2Node")
-	}
-	if q.waitForAll {
-		flags = append(flags, "WaitForAll")
-	}
-	q.view = QuorumView{
-		Quorate:         quorate,
-		ExpectedVotes:   q.highestExpected,
-		HighestExpected: q.highestExpected,
-		TotalVotes:      total,
-		Quorum:          quorum,
-		Flags:           flags,
-		Members:         present,
+	q.m.Update(nowMs, v)
+}
+
+// View is the decision in the daemon's terms.
+func (q *quorumEngine) View(members []uint32) QuorumView {
+	s := q.m.Status()
+	return QuorumView{
+		Quorate:         s.Quorate,
+		ExpectedVotes:   s.ExpectedVotes,
+		HighestExpected: s.HighestExpected,
+		TotalVotes:      s.TotalVotes,
+		Quorum:          s.Quorum,
+		Flags:           s.Flags.Names(),
+		Members:         members,
 	}
 }
 
-func (q *basicVotequorum) View() QuorumView { return q.view }
+// LocalInfo is what this node announces in its heartbeats.
+func (q *quorumEngine) LocalInfo() (flags, expectedVotes uint32) {
+	s := q.m.Status()
+	if s.Quorate {
+		flags |= membership.FlagQuorate
+	}
+	if s.WaitingForAll {
+		flags |= membership.FlagWaitingForAll
+	}
+	return flags, s.ExpectedVotes
+}
 
-// SetExpected lowers (or raises) expected votes by hand. corosync refuses
-// a value below the votes present and one that would make a quorate
-// cluster inquorate.
-func (q *basicVotequorum) SetExpected(votes uint32) (string, error) {
-	total := q.view.TotalVotes
-	if votes < total {
-		return "", fmt.Errorf("expected votes %d is below the %d votes present", votes, total)
+// SetExpected is the "pvecm expected" lever.
+func (q *quorumEngine) SetExpected(nowMs int64, votes uint32) (string, error) {
+	r, err := q.m.SetExpected(nowMs, votes)
+	if err != nil {
+		return "", err
 	}
-	newQuorum := max(votes, total)/2 + 1
-	if q.twoNode {
-		newQuorum = 1
-	}
-	if q.view.Quorate && total < newQuorum {
-		return "", fmt.Errorf("expected votes %d would make this quorate partition inquorate (quorum %d, %d votes present)", votes, newQuorum, total)
-	}
-	q.highestExpected = votes
-	q.wfaSatisfied = true
-	q.Update(0, q.view.Members)
-	return "expected votes were set by hand: if the missing nodes are alive on the other side of a broken network, both sides may now act (split brain). Do this only when you know they are down.", nil
+	return r.Warning, nil
 }

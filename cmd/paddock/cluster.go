@@ -131,19 +131,26 @@ CA and the authkey into --data-dir. Start the node afterwards with
 	clusterCmd.AddCommand(remove)
 
 	var qoDir string
-	var twoNode, waitForAll bool
+	var twoNode, waitForAll, lms, atb bool
 	var expectedVotes uint32
+	var lmsWindow time.Duration
+	var atbNode string
 	qo := &cobra.Command{
-		Use:   "quorum-options --data-dir DIR [--two-node] [--wait-for-all] [--expected-votes N]",
+		Use:   "quorum-options --data-dir DIR [--two-node] [--wait-for-all] [--expected-votes N] [--last-man-standing [--last-man-standing-window 10s]] [--auto-tie-breaker [--auto-tie-breaker-node lowest|highest|IDS]]",
 		Short: "Set votequorum options (a configuration change: needs quorum)",
 		Long: `quorum-options sets the votequorum options of the cluster configuration, as
 the quorum section of corosync.conf does; options not given are reset to
 their defaults. --two-node gives a 2-node cluster quorum with one node (and
 turns wait_for_all on unless --wait-for-all=false). The change is committed
-by a quorum of the current configuration's votes.`,
+by a quorum of the current configuration's votes. wait_for_all,
+last_man_standing and auto_tie_breaker are read at startup, as corosync does:
+they take effect when each node restarts. Conflicting options (two_node with
+auto_tie_breaker, auto_tie_breaker with last_man_standing, ...) are refused.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o := node.QuorumOptions{TwoNode: twoNode, ExpectedVotes: expectedVotes}
+			o := node.QuorumOptions{TwoNode: twoNode, ExpectedVotes: expectedVotes,
+				LastManStanding: lms, LastManStandingWindowMs: lmsWindow.Milliseconds(),
+				AutoTieBreaker: atb, AutoTieBreakerNode: atbNode}
 			if cmd.Flags().Changed("wait-for-all") {
 				o.WaitForAll = &waitForAll
 			}
@@ -159,6 +166,10 @@ by a quorum of the current configuration's votes.`,
 	qo.Flags().BoolVar(&twoNode, "two-node", false, "two_node: quorum 1 while the cluster has two nodes")
 	qo.Flags().BoolVar(&waitForAll, "wait-for-all", false, "wait_for_all: inquorate until all expected votes were seen at once")
 	qo.Flags().Uint32Var(&expectedVotes, "expected-votes", 0, "expected_votes (0: the sum of the nodes' votes)")
+	qo.Flags().BoolVar(&lms, "last-man-standing", false, "last_man_standing: recalculate expected votes down after a stable window")
+	qo.Flags().DurationVar(&lmsWindow, "last-man-standing-window", 0, "last_man_standing_window (default 10s)")
+	qo.Flags().BoolVar(&atb, "auto-tie-breaker", false, "auto_tie_breaker: a 50/50 split goes to the side of the tie-breaker node")
+	qo.Flags().StringVar(&atbNode, "auto-tie-breaker-node", "", "auto_tie_breaker_node: lowest (default), highest, or node ids")
 	qo.MarkFlagRequired("data-dir")
 	clusterCmd.AddCommand(qo)
 	rootCmd.AddCommand(clusterCmd)

@@ -276,7 +276,8 @@ func TestClusterTwoNode(t *testing.T) {
 	}
 	for _, n := range nodes {
 		n.waitStatus(t, "two_node in force", 10*time.Second, func(s node.Status) bool {
-			return s.ConfigVersion == 3 && s.Quorum.Quorate && strings.Contains(strings.Join(s.Quorum.Flags, " "), "2Node WaitForAll")
+			f := strings.Join(s.Quorum.Flags, " ")
+			return s.ConfigVersion == 3 && s.Quorum.Quorate && strings.Contains(f, "2Node") && strings.Contains(f, "WaitForAll")
 		})
 	}
 	nodes[1].proc.Kill()

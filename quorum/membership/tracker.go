@@ -22,7 +22,16 @@ type peer struct {
 	lastHeardMs   int64
 	heardUs       bool
 	configVersion uint64
+	flags         uint32
+	expectedVotes uint32
 	ever          bool
+}
+
+// MemberInfo is a member and the votequorum state it last announced.
+type MemberInfo struct {
+	ID            NodeID
+	Flags         uint32
+	ExpectedVotes uint32
 }
 
 // Tracker keeps the last heartbeat of every configured peer.
@@ -84,6 +93,7 @@ func (t *Tracker) Receive(nowMs int64, hb *Heartbeat) DropReason {
 	p.incarnation, p.seq = hb.Incarnation, hb.Seq
 	p.lastHeardMs = nowMs
 	p.configVersion = hb.ConfigVersion
+	p.flags, p.expectedVotes = hb.Flags, hb.ExpectedVotes
 	p.heardUs = false
 	for _, id := range hb.Heard {
 		if id == t.self {
@@ -121,6 +131,20 @@ func (t *Tracker) Members(nowMs int64) []NodeID {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// MembersInfo is Members with what each peer last announced (self has
+// none: the caller knows its own state).
+func (t *Tracker) MembersInfo(nowMs int64) []MemberInfo {
+	var out []MemberInfo
+	for _, id := range t.Members(nowMs) {
+		mi := MemberInfo{ID: id}
+		if p, ok := t.peers[id]; ok {
+			mi.Flags, mi.ExpectedVotes = p.flags, p.expectedVotes
+		}
+		out = append(out, mi)
+	}
 	return out
 }
 

@@ -48,6 +48,8 @@ type Transport struct {
 	peers   []Peer
 	seq     uint64
 	cfgVer  uint64
+	flags   uint32
+	expVote uint32
 	Stats   Stats
 	changed chan struct{}
 }
@@ -103,6 +105,20 @@ func (t *Transport) SetConfigVersion(v uint64) {
 	t.mu.Lock()
 	t.cfgVer = v
 	t.mu.Unlock()
+}
+
+// SetLocalInfo sets the votequorum state announced in our heartbeats.
+func (t *Transport) SetLocalInfo(flags, expectedVotes uint32) {
+	t.mu.Lock()
+	t.flags, t.expVote = flags, expectedVotes
+	t.mu.Unlock()
+}
+
+// MembersInfo is Members with what each peer last announced.
+func (t *Transport) MembersInfo() []MemberInfo {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.tracker.MembersInfo(t.NowMs())
 }
 
 // Members is this node and every peer that hears us and is heard.
@@ -175,6 +191,8 @@ func (t *Transport) sendLoop(ctx context.Context) {
 			Incarnation:   t.cfg.Incarnation,
 			Seq:           t.seq,
 			ConfigVersion: t.cfgVer,
+			Flags:         t.flags,
+			ExpectedVotes: t.expVote,
 			Heard:         t.tracker.Heard(t.NowMs()),
 		}
 		peers := t.peers

@@ -23,8 +23,8 @@ const (
 	macBytes    = sha256.Size
 	// headerBytes: magic 4, version 1, reserved 1, heard count 2,
 	// cluster tag 8, from 4, incarnation 8, seq 8, config version 8,
-	// flags 4.
-	headerBytes = 4 + 1 + 1 + 2 + 8 + 4 + 8 + 8 + 8 + 4
+	// flags 4, expected votes 4.
+	headerBytes = 4 + 1 + 1 + 2 + 8 + 4 + 8 + 8 + 8 + 4 + 4
 	// MaxPacketBytes is the largest valid heartbeat.
 	MaxPacketBytes = headerBytes + 4*MaxNodes + macBytes
 )
@@ -36,9 +36,18 @@ type Heartbeat struct {
 	Incarnation   uint64
 	Seq           uint64
 	ConfigVersion uint64
+	// Flags and ExpectedVotes carry the sender's votequorum state (its
+	// NodeInfo): see FlagQuorate and FlagWaitingForAll.
 	Flags         uint32
+	ExpectedVotes uint32
 	Heard         []NodeID
 }
+
+// Heartbeat flags.
+const (
+	FlagQuorate       uint32 = 1 << 0
+	FlagWaitingForAll uint32 = 1 << 1
+)
 
 // Errors of Decode; each is counted by the receiver.
 var (
@@ -64,6 +73,7 @@ func Encode(dst []byte, hb *Heartbeat, key []byte) ([]byte, error) {
 	dst = binary.BigEndian.AppendUint64(dst, hb.Seq)
 	dst = binary.BigEndian.AppendUint64(dst, hb.ConfigVersion)
 	dst = binary.BigEndian.AppendUint32(dst, hb.Flags)
+	dst = binary.BigEndian.AppendUint32(dst, hb.ExpectedVotes)
 	for _, id := range hb.Heard {
 		dst = binary.BigEndian.AppendUint32(dst, uint32(id))
 	}
@@ -103,6 +113,7 @@ func Decode(pkt []byte, key []byte) (*Heartbeat, error) {
 		Seq:           binary.BigEndian.Uint64(pkt[28:]),
 		ConfigVersion: binary.BigEndian.Uint64(pkt[36:]),
 		Flags:         binary.BigEndian.Uint32(pkt[44:]),
+		ExpectedVotes: binary.BigEndian.Uint32(pkt[48:]),
 	}
 	for i := 0; i < n; i++ {
 		hb.Heard = append(hb.Heard, NodeID(binary.BigEndian.Uint32(pkt[headerBytes+4*i:])))

@@ -9,7 +9,7 @@ import (
 var testKey = bytes.Repeat([]byte{7}, AuthKeyBytes)
 
 func TestWireRoundTrip(t *testing.T) {
-	hb := &Heartbeat{ClusterTag: 42, From: 3, Incarnation: 9, Seq: 1000, ConfigVersion: 5, Flags: 1, Heard: []NodeID{1, 2, 31}}
+	hb := &Heartbeat{ClusterTag: 42, From: 3, Incarnation: 9, Seq: 1000, ConfigVersion: 5, Flags: FlagQuorate, ExpectedVotes: 3, Heard: []NodeID{1, 2, 31}}
 	pkt, err := Encode(nil, hb, testKey)
 	if err != nil {
 		t.Fatal(err)
