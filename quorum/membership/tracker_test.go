@@ -80,3 +80,13 @@ func TestTrackerSetPeers(t *testing.T) {
 		t.Fatalf("after removing 2: %s", m)
 	}
 }
+
+func TestTrackerMembersInfo(t *testing.T) {
+	tr, _ := NewTracker(1, 1, 1000, []NodeID{2, 3})
+	tr.Receive(0, &Heartbeat{ClusterTag: 1, From: 2, Incarnation: 1, Seq: 1, Flags: FlagQuorate, ExpectedVotes: 3, Heard: []NodeID{1}})
+	tr.Receive(0, &Heartbeat{ClusterTag: 1, From: 3, Incarnation: 1, Seq: 1, Flags: FlagWaitingForAll, ExpectedVotes: 2, Heard: []NodeID{1}})
+	got := fmt.Sprint(tr.MembersInfo(10))
+	if want := "[{1 0 0} {2 1 3} {3 2 2}]"; got != want {
+		t.Fatalf("members info %s, want %s", got, want)
+	}
+}
