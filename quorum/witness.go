@@ -37,6 +37,10 @@ type Decision struct {
 	Granted []NodeID `json:"granted"`
 	// Reason says why, for logs and tests.
 	Reason string `json:"reason"`
+	// Unstable: the nodes' reports disagree (a membership change is
+	// still going on), so nothing was decided; the witness process waits
+	// for the next reports rather than answering (qnetd does the same).
+	Unstable bool `json:"unstable,omitempty"`
 }
 
 // Grants reports whether node id gets the vote.
@@ -69,6 +73,8 @@ func NewArbiter(cfg Config, active []NodeID) (*Arbiter, error) {
 // witness's memory, to persist.
 func (a *Arbiter) Active() []NodeID { return slices.Clone(a.active) }
 
+var errUnstable = errors.New("membership not stable")
+
 type witnessPartition struct {
 	members []NodeID // sorted
 	clients []NodeID // connected, sorted
@@ -78,7 +84,7 @@ type witnessPartition struct {
 func (a *Arbiter) Decide(clients []WitnessClient) Decision {
 	parts, err := a.partitions(clients)
 	if err != nil {
-		return Decision{Reason: err.Error()}
+		return Decision{Reason: err.Error(), Unstable: errors.Is(err, errUnstable)}
 	}
 	n := len(a.nodes)
 	var eligible []witnessPartition
@@ -193,7 +199,7 @@ func (a *Arbiter) partitions(clients []WitnessClient) ([]witnessPartition, error
 		m := reported[id]
 		for _, other := range m {
 			if om, ok := reported[other]; ok && !slices.Equal(om, m) {
-				return nil, fmt.Errorf("membership not stable: node %d reports %s, node %d reports %s", id, fmtIDs(m), other, fmtIDs(om))
+				return nil, fmt.Errorf("%w: node %d reports %s, node %d reports %s", errUnstable, id, fmtIDs(m), other, fmtIDs(om))
 			}
 		}
 		k := key(m)

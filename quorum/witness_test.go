@@ -107,3 +107,14 @@ func TestArbiterTieBreakerAbsent(t *testing.T) {
 		t.Fatalf("ffsplit tie break: %+v", d)
 	}
 }
+
+func TestArbiterMarksUnstable(t *testing.T) {
+	a, _ := NewArbiter(twoNodeWitness(), nil)
+	d := a.Decide([]WitnessClient{{ID: 1, Membership: []NodeID{1}}, {ID: 2, Membership: []NodeID{1, 2}}})
+	if !d.Unstable || d.Winner != nil {
+		t.Fatalf("disagreeing reports: %+v", d)
+	}
+	if d := a.Decide([]WitnessClient{{ID: 1, Membership: []NodeID{1, 2}}, {ID: 2, Membership: []NodeID{1, 2}}}); d.Unstable {
+		t.Fatalf("agreeing reports marked unstable: %+v", d)
+	}
+}
