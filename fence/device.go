@@ -11,11 +11,11 @@ import (
 // Limits on a device description. They keep a corrupt or hostile
 // configuration from making the agent's stdin (or the status page) huge.
 const (
-	maxDeviceParams     = 64
-	maxParamNameBytes   = 64
-	maxParamValueBytes  = 4096
-	maxDeviceNameBytes  = 64
-	maxAgentPathBytes   = 256
+	maxDeviceParams    = 64
+	maxParamNameBytes  = 64
+	maxParamValueBytes = 4096
+	maxDeviceNameBytes = 64
+	maxAgentPathBytes  = 256
 )
 
 // Device is one fence device as the runner needs it: which agent program to
