@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 
@@ -253,3 +254,16 @@ func (al *activityLog) markClean() error {
 }
 
 func (al *activityLog) close() error { return al.f.Close() }
+
+// hotExtents lists the extents a crash could leave different from a peer:
+// those written recently or with a write in flight.
+func (al *activityLog) hotExtents() []int64 {
+	al.mu.Lock()
+	defer al.mu.Unlock()
+	out := make([]int64, 0, len(al.hot))
+	for e := range al.hot {
+		out = append(out, e)
+	}
+	slices.Sort(out)
+	return out
+}

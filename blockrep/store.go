@@ -381,3 +381,10 @@ func (s *Store) Close() error {
 
 func pread(f *os.File, p []byte, off int64) error  { return fileio.ReadFull(int(f.Fd()), p, off) }
 func pwrite(f *os.File, p []byte, off int64) error { return fileio.WriteFull(int(f.Fd()), p, off) }
+
+// HotExtents lists the 4 MiB extents written recently (the activity log):
+// after a crash of a primary, only they can differ between replicas.
+func (s *Store) HotExtents() []int64 { return s.al.hotExtents() }
+
+// Dir is the directory of the store.
+func (s *Store) Dir() string { return s.dir }

@@ -11,8 +11,13 @@ import (
 //
 //	magic u32 | type u8 | flags u8 | reserved u16 | volume u64 | epoch u64 |
 //	gen.epoch u64 | gen.seq u64 | seq u64 | offset u64 | length u32 |
-//	members count u16 | from u32 | crc32c u32 (of header and body) |
-//	members u32 × count | payload
+//	members count u16 | from u32 | payload length u32 |
+//	crc32c u32 (of header and body) | members u32 × count | payload
+//
+// Length is the range a message is about (a write's length equals its
+// payload's); the payload length is separate so that a digest request or a
+// refusal can carry a few bytes without a range. Each type says whether it
+// may carry a payload and how much (payloadLimit).
 //
 // A frame travels inside the cluster's mutual-TLS connections, so the
 // checksum is not for authentication but for catching a bug or a torn
@@ -23,36 +28,67 @@ type MsgType uint8
 
 const (
 	MsgPrepare    MsgType = iota + 1 // a would-be primary asks for a promise of Epoch
-	MsgPromise                       // the promise: Gen, Members
-	MsgRefuse                        // refused: Epoch is the one promised
+	MsgPromise                       // the promise: Gen, Members; payload: the replica's hot extents (u64 each)
+	MsgRefuse                        // refused: Epoch is the one promised; payload: the reason
 	MsgStoreGen                      // store generation Gen with Members under Epoch
 	MsgStoreGenOK                    // stored
-	MsgWrite                         // write Payload at Offset under Epoch, Gen
+	MsgWrite                         // write Payload at Offset under Epoch, Gen (a member's write)
 	MsgWriteOK                       // written (Seq names the write)
 	MsgZero                          // zero Length bytes at Offset
 	MsgFlush                         // make every acknowledged write durable
 	MsgFlushOK                       // flushed
+	MsgSyncWrite                     // resync data for a replica that is not (yet) a member: only the epoch is checked
+	MsgRead                          // read Length bytes at Offset (repair, forwarding)
+	MsgReadOK                        // payload: the data
+	MsgDigest                        // digests of the regions of [Offset, Offset+Length); payload: region bytes u64
+	MsgDigestOK                      // payload: one u64 digest per region
+	MsgFailed                        // the request failed on the replica (I/O error); payload: the error text
 	msgTypeEnd
 )
 
 // Flags of a message.
 const (
 	FlagFUA uint8 = 1 << 0
+	// FlagSync marks a zero sent to a replica that is catching up (as
+	// MsgSyncWrite is for data): only the epoch is checked.
+	FlagSync uint8 = 1 << 1
 )
 
 const (
-	wireMagic       = 0x50445250 // "PDRP"
-	wireHeaderBytes = 4 + 1 + 1 + 2 + 8 + 8 + 8 + 8 + 8 + 8 + 4 + 2 + 4 + 4
+	wireMagic       = 0x50445251 // "PDRQ": the second frame layout
+	wireHeaderBytes = 4 + 1 + 1 + 2 + 8 + 8 + 8 + 8 + 8 + 8 + 4 + 2 + 4 + 4 + 4
 	// MaxPayloadBytes bounds one write's data (the NBD server's maximum).
 	MaxPayloadBytes = 32 << 20
 	maxMembers      = 32
+	// MaxDigestRegions bounds one digest request: 4096 digests of 8 bytes.
+	MaxDigestRegions = 4096
+	maxTextBytes     = 1024
+	maxHotExtents    = alMaxExtents
 
 	// Field offsets in the header.
-	offLength  = 56
-	offMembers = 60
-	offFrom    = 62
-	offCRC     = 66
+	offLength     = 56
+	offMembers    = 60
+	offFrom       = 62
+	offPayloadLen = 66
+	offCRC        = 70
 )
+
+// payloadLimit is the largest payload a type may carry (0: none).
+func payloadLimit(t MsgType) int {
+	switch t {
+	case MsgWrite, MsgSyncWrite, MsgReadOK:
+		return MaxPayloadBytes
+	case MsgPromise:
+		return 8 * maxHotExtents
+	case MsgRefuse, MsgFailed:
+		return maxTextBytes
+	case MsgDigest:
+		return 8
+	case MsgDigestOK:
+		return 8 * MaxDigestRegions
+	}
+	return 0
+}
 
 // Message is one peer message.
 type Message struct {
@@ -62,9 +98,9 @@ type Message struct {
 	From    NodeID
 	Epoch   Epoch
 	Gen     Gen
-	Seq     uint64 // names a write, a zero or a flush, for its answer
+	Seq     uint64 // names a request, for its answer
 	Offset  uint64
-	Length  uint32 // MsgZero's length; for MsgWrite, len(Payload)
+	Length  uint32 // the range's length; for a write, len(Payload)
 	Members []NodeID
 	Payload []byte
 }
@@ -93,6 +129,7 @@ func Encode(dst []byte, m *Message) ([]byte, error) {
 	dst = binary.BigEndian.AppendUint32(dst, m.Length)
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(m.Members)))
 	dst = binary.BigEndian.AppendUint32(dst, uint32(m.From))
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(m.Payload)))
 	crcAt := len(dst)
 	dst = binary.BigEndian.AppendUint32(dst, 0)
 	for _, id := range m.Members {
@@ -111,15 +148,40 @@ func (m *Message) check() error {
 	if len(m.Members) > maxMembers {
 		return badf("%d members, at most %d", len(m.Members), maxMembers)
 	}
-	if m.Flags&^FlagFUA != 0 {
+	if m.Flags&^(FlagFUA|FlagSync) != 0 {
 		return badf("unknown flags %#x", m.Flags)
 	}
-	if m.Type == MsgWrite {
-		if len(m.Payload) == 0 || len(m.Payload) > MaxPayloadBytes || uint32(len(m.Payload)) != m.Length {
-			return badf("write of %d bytes (length field %d; 1 to %d allowed)", len(m.Payload), m.Length, MaxPayloadBytes)
+	if lim := payloadLimit(m.Type); len(m.Payload) > lim {
+		return badf("%v with a payload of %d bytes (at most %d)", m.Type, len(m.Payload), lim)
+	}
+	switch m.Type {
+	case MsgWrite, MsgSyncWrite:
+		if len(m.Payload) == 0 || uint32(len(m.Payload)) != m.Length {
+			return badf("write of %d bytes (length field %d)", len(m.Payload), m.Length)
 		}
-	} else if len(m.Payload) != 0 {
-		return badf("%v carries no payload", m.Type)
+	case MsgPromise:
+		if len(m.Payload)%8 != 0 {
+			return badf("promise with %d bytes of hot extents", len(m.Payload))
+		}
+	case MsgDigest:
+		if len(m.Payload) != 8 {
+			return badf("digest request without its region size")
+		}
+		rb := binary.BigEndian.Uint64(m.Payload)
+		if rb < BlockBytes || rb%BlockBytes != 0 || rb > 1<<30 {
+			return badf("digest region of %d bytes", rb)
+		}
+		if uint64(m.Length) > rb*MaxDigestRegions {
+			return badf("digest of %d bytes: at most %d regions", m.Length, MaxDigestRegions)
+		}
+	case MsgDigestOK:
+		if len(m.Payload)%8 != 0 {
+			return badf("digest answer of %d bytes", len(m.Payload))
+		}
+	case MsgRead, MsgZero:
+		if m.Length == 0 || m.Length > MaxPayloadBytes && m.Type == MsgRead {
+			return badf("%v of %d bytes", m.Type, m.Length)
+		}
 	}
 	if m.Type != MsgPromise && m.Type != MsgStoreGen && len(m.Members) != 0 {
 		return badf("%v carries no members", m.Type)
@@ -127,7 +189,7 @@ func (m *Message) check() error {
 	if m.Offset+uint64(m.Length) < m.Offset {
 		return badf("offset %d + length %d overflows", m.Offset, m.Length)
 	}
-	if m.Epoch == 0 && m.Type != MsgRefuse {
+	if m.Epoch == 0 && m.Type != MsgRefuse && m.Type != MsgFailed {
 		return badf("%v without an epoch", m.Type)
 	}
 	return nil
@@ -146,14 +208,15 @@ func FrameLength(hdr []byte) (int, error) {
 	if members > maxMembers {
 		return 0, badf("%d members", members)
 	}
-	n := wireHeaderBytes + 4*members
-	if MsgType(hdr[4]) == MsgWrite {
-		length := binary.BigEndian.Uint32(hdr[offLength:])
-		if length == 0 || length > MaxPayloadBytes {
-			return 0, badf("write of %d bytes", length)
-		}
-		n += int(length)
+	t := MsgType(hdr[4])
+	if t == 0 || t >= msgTypeEnd {
+		return 0, badf("unknown type %d", t)
 	}
+	payload := binary.BigEndian.Uint32(hdr[offPayloadLen:])
+	if int64(payload) > int64(payloadLimit(t)) {
+		return 0, badf("%v with a payload of %d bytes", t, payload)
+	}
+	n := wireHeaderBytes + 4*members + int(payload)
 	return n, nil
 }
 
@@ -190,8 +253,8 @@ func Decode(frame []byte) (*Message, error) {
 	for i := 0; i < count; i++ {
 		m.Members = append(m.Members, NodeID(binary.BigEndian.Uint32(frame[wireHeaderBytes+4*i:])))
 	}
-	if m.Type == MsgWrite {
-		m.Payload = frame[wireHeaderBytes+4*count:]
+	if p := frame[wireHeaderBytes+4*count:]; len(p) > 0 {
+		m.Payload = p
 	}
 	if err := m.check(); err != nil {
 		return nil, err
@@ -200,7 +263,8 @@ func Decode(frame []byte) (*Message, error) {
 }
 
 func (t MsgType) String() string {
-	names := [...]string{"", "Prepare", "Promise", "Refuse", "StoreGen", "StoreGenOK", "Write", "WriteOK", "Zero", "Flush", "FlushOK"}
+	names := [...]string{"", "Prepare", "Promise", "Refuse", "StoreGen", "StoreGenOK", "Write", "WriteOK", "Zero", "Flush", "FlushOK",
+		"SyncWrite", "Read", "ReadOK", "Digest", "DigestOK", "Failed"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}

@@ -17,6 +17,14 @@ func sampleMessages() []*Message {
 		{Type: MsgWriteOK, Volume: 7, From: 2, Epoch: 9, Gen: Gen{9, 1}, Seq: 42},
 		{Type: MsgZero, Volume: 7, From: 1, Epoch: 9, Gen: Gen{9, 1}, Seq: 43, Offset: 1 << 20, Length: 1 << 20},
 		{Type: MsgFlush, Volume: 7, From: 1, Epoch: 9, Seq: 44},
+		{Type: MsgPromise, Volume: 7, From: 3, Epoch: 9, Gen: Gen{8, 3}, Members: []NodeID{1, 3}, Payload: []byte{0, 0, 0, 0, 0, 0, 0, 5}},
+		{Type: MsgRefuse, Volume: 7, From: 3, Epoch: 12, Payload: []byte("write from epoch 9")},
+		{Type: MsgSyncWrite, Volume: 7, From: 1, Epoch: 9, Gen: Gen{9, 1}, Seq: 45, Offset: 8192, Length: 3, Payload: []byte("abc")},
+		{Type: MsgRead, Volume: 7, From: 1, Epoch: 9, Seq: 46, Offset: 0, Length: 4096},
+		{Type: MsgReadOK, Volume: 7, From: 2, Epoch: 9, Seq: 46, Payload: []byte("data")},
+		{Type: MsgDigest, Volume: 7, From: 1, Epoch: 9, Seq: 47, Offset: 0, Length: 1 << 20, Payload: []byte{0, 0, 0, 0, 0, 1, 0, 0}},
+		{Type: MsgDigestOK, Volume: 7, From: 2, Epoch: 9, Seq: 47, Payload: make([]byte, 16)},
+		{Type: MsgFailed, Volume: 7, From: 2, Seq: 48, Payload: []byte("input/output error")},
 	}
 }
 
@@ -60,6 +68,15 @@ func TestWireRefusesMalformed(t *testing.T) {
 		{Type: MsgPrepare},
 		{Type: MsgPrepare, Epoch: 1, Flags: 0x80},
 		{Type: MsgPromise, Epoch: 1, Members: make([]NodeID, maxMembers+1)},
+		{Type: MsgPromise, Epoch: 1, Payload: []byte{1, 2, 3}},
+		{Type: MsgRefuse, Payload: make([]byte, maxTextBytes+1)},
+		{Type: MsgDigest, Epoch: 1, Length: 1 << 20},
+		{Type: MsgDigest, Epoch: 1, Length: 1 << 20, Payload: []byte{0, 0, 0, 0, 0, 0, 0, 1}},
+		{Type: MsgDigest, Epoch: 1, Length: 1 << 30, Payload: []byte{0, 0, 0, 0, 0, 0, 16, 0}},
+		{Type: MsgRead, Epoch: 1, Length: MaxPayloadBytes + 1},
+		{Type: MsgRead, Epoch: 1},
+		{Type: MsgSyncWrite, Epoch: 1, Length: 2, Payload: []byte("x")},
+		{Type: MsgWriteOK, Epoch: 1, Payload: []byte("x")},
 	}
 	for i, m := range bad {
 		if _, err := Encode(nil, m); !errors.Is(err, ErrBadMessage) {

@@ -1,0 +1,822 @@
+package blockrep
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/paddock-io/paddock/nbd"
+)
+
+// OnNoQuorum is what a primary does with client I/O while it cannot reach
+// a write quorum.
+type OnNoQuorum string
+
+const (
+	// Suspend holds I/O until quorum returns (DRBD's on-no-quorum
+	// suspend-io): the hypervisor sees a slow disk, not an error.
+	Suspend OnNoQuorum = "suspend"
+	// IOError fails I/O at once.
+	IOError OnNoQuorum = "io-error"
+)
+
+// Defaults of a primary.
+const (
+	DefaultPeerTimeout = 2 * time.Second
+	// DefaultReadLease is how long after its last quorum contact a
+	// primary serves reads from its own copy without asking again. A new
+	// primary waits this long (plus a margin) after its promise quorum
+	// before it serves, so a deposed primary cannot serve old data.
+	DefaultReadLease       = 500 * time.Millisecond
+	readLeaseMarginPercent = 20
+	dialTimeout            = 2 * time.Second
+	reconnectInterval      = 500 * time.Millisecond
+	suspendRetryInterval   = 200 * time.Millisecond
+	maxPrepareAttempts     = 5
+	// resyncChunkBytes is the most one resync message carries;
+	// resyncWindow the messages in flight per peer.
+	resyncChunkBytes = 1 << 20
+	resyncWindow     = 8
+)
+
+// PrimaryConfig describes the primary of one volume on this node.
+type PrimaryConfig struct {
+	Self     NodeID
+	VolumeID uint64
+	// Replicas are the volume's data replicas, this node among them;
+	// they are the voters.
+	Replicas []NodeID
+	Local    *Replica
+	// Dial opens an authenticated connection to a peer's replication
+	// service.
+	Dial        func(ctx context.Context, peer NodeID) (net.Conn, error)
+	RegionBytes int64 // out-of-sync granularity; DefaultRegionBytes when 0
+	PeerTimeout time.Duration
+	ReadLease   time.Duration
+	OnNoQuorum  OnNoQuorum
+	// ResyncMaxBytesPerSecond caps resync; ResyncMinBytesPerSecond is
+	// what it keeps while clients write (DRBD's c-max-rate and
+	// c-min-rate). 0 means no cap.
+	ResyncMaxBytesPerSecond int64
+	ResyncMinBytesPerSecond int64
+	Logger                  *slog.Logger
+}
+
+// Peer states as the primary sees them.
+const (
+	PeerDown    = "down"
+	PeerSyncing = "syncing"
+	PeerMember  = "member"
+)
+
+type peer struct {
+	id    NodeID
+	link  *link
+	state string
+	// missed marks what the peer lacks. digest says the primary does not
+	// know what it lacks (it was away before this primary started) and
+	// must compare digests first.
+	missed *Bitmap
+	digest bool
+	// syncing says a resync goroutine runs for it.
+	resyncing   bool
+	resentBytes atomic.Int64
+	missedBytes atomic.Int64
+	syncStarted time.Time
+}
+
+// Primary serves one volume's client I/O on the node that holds its
+// epoch. It implements nbd.Backend.
+type Primary struct {
+	cfg     PrimaryConfig
+	log     *slog.Logger
+	epoch   Epoch
+	locks   rangeLocks
+	barrier sync.RWMutex // writes share it; a member change takes it whole
+
+	mu       sync.Mutex
+	gen      Gen
+	members  []NodeID
+	peers    map[NodeID]*peer
+	deposed  error
+	closed   bool
+	lastAck  time.Time // last time a quorum confirmed this epoch
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	writes   atomic.Int64 // client writes, for the resync throttle
+	repaired atomic.Int64
+
+	rateSampleAt     time.Time
+	rateSampleWrites int64
+	clientBusy       bool
+}
+
+// PeerStatus is one replica as the primary sees it.
+type PeerStatus struct {
+	Node             NodeID `json:"node"`
+	State            string `json:"state"` // member, syncing, down
+	OutOfSyncBytes   int64  `json:"out_of_sync_bytes"`
+	CompareDigests   bool   `json:"compare_digests,omitempty"`
+	ResentBytes      int64  `json:"resent_bytes"`
+	MissedBytes      int64  `json:"missed_bytes"`
+	ResyncStartedAgo string `json:"resync_started_ago,omitempty"`
+}
+
+// PrimaryStatus is what volume status shows of a primary.
+type PrimaryStatus struct {
+	Epoch          Epoch        `json:"epoch"`
+	Gen            Gen          `json:"generation"`
+	Members        []NodeID     `json:"members"`
+	Peers          []PeerStatus `json:"peers"`
+	Deposed        string       `json:"deposed,omitempty"`
+	RepairedBlocks int64        `json:"repaired_blocks"`
+}
+
+// Status reports the primary's view.
+func (p *Primary) Status() PrimaryStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := PrimaryStatus{Epoch: p.epoch, Gen: p.gen, Members: slices.Clone(p.members), RepairedBlocks: p.repaired.Load()}
+	if p.deposed != nil {
+		st.Deposed = p.deposed.Error()
+	}
+	for _, id := range p.cfg.Replicas {
+		pe := p.peers[id]
+		if pe == nil {
+			continue
+		}
+		ps := PeerStatus{Node: id, State: pe.state, OutOfSyncBytes: min(pe.missed.Count()*pe.missed.RegionBytes(), p.Size()),
+			CompareDigests: pe.digest, ResentBytes: pe.resentBytes.Load(), MissedBytes: pe.missedBytes.Load()}
+		if pe.state == PeerSyncing && !pe.syncStarted.IsZero() {
+			ps.ResyncStartedAgo = time.Since(pe.syncStarted).Round(time.Millisecond).String()
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	return st
+}
+
+// Promote makes this node the volume's primary: it collects promises for
+// a new epoch from a quorum of the replicas, checks that this node holds
+// the newest generation, starts a new generation with the replicas that
+// promised, and waits out the old primary's read lease. See epoch.go for
+// the rule.
+func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
+	if cfg.RegionBytes == 0 {
+		cfg.RegionBytes = DefaultRegionBytes
+	}
+	if cfg.PeerTimeout == 0 {
+		cfg.PeerTimeout = DefaultPeerTimeout
+	}
+	if cfg.ReadLease == 0 {
+		cfg.ReadLease = DefaultReadLease
+	}
+	if cfg.OnNoQuorum == "" {
+		cfg.OnNoQuorum = Suspend
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if !slices.Contains(cfg.Replicas, cfg.Self) {
+		return nil, fmt.Errorf("node %d holds no replica of volume %d", cfg.Self, cfg.VolumeID)
+	}
+	p := &Primary{cfg: cfg, log: cfg.Logger.With("volume", cfg.VolumeID), peers: map[NodeID]*peer{}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	size := cfg.Local.Store().Size()
+	for _, id := range cfg.Replicas {
+		if id == cfg.Self {
+			continue
+		}
+		bm, err := NewBitmap(size, cfg.RegionBytes)
+		if err != nil {
+			return nil, err
+		}
+		p.peers[id] = &peer{id: id, state: PeerDown, missed: bm, digest: true}
+	}
+	p.connectAll(ctx)
+
+	e := cfg.Local.Voter().Promised + 1
+	var promises []Promise
+	hot := map[NodeID][]int64{}
+	for attempt := 0; ; attempt++ {
+		if attempt == maxPrepareAttempts {
+			p.Close()
+			return nil, fmt.Errorf("volume %d: epochs kept being refused after %d attempts", cfg.VolumeID, attempt)
+		}
+		promises, hot = promises[:0], map[NodeID][]int64{}
+		highest := Epoch(0)
+		pr, ref, err := cfg.Local.Prepare(e)
+		switch {
+		case err != nil:
+			p.Close()
+			return nil, err
+		case ref != nil:
+			highest = ref.Promised
+		default:
+			promises = append(promises, pr)
+			hot[cfg.Self] = cfg.Local.Store().HotExtents()
+		}
+		for _, a := range p.broadcast(&Message{Type: MsgPrepare, Epoch: e}) {
+			switch a.Type {
+			case MsgPromise:
+				promises = append(promises, Promise{From: a.From, Epoch: e, Gen: a.Gen, Members: a.Members})
+				hot[a.From] = decodeExtents(a.Payload)
+			case MsgRefuse:
+				highest = max(highest, a.Epoch)
+			}
+		}
+		if highest < e {
+			break
+		}
+		e = highest + 1
+	}
+	d, err := Decide(cfg.Self, cfg.Replicas, e, promises)
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
+	}
+	p.epoch = e
+	promised := map[NodeID]bool{}
+	for _, pr := range promises {
+		promised[pr.From] = true
+	}
+	// Writes in flight when the old primary stopped may have reached
+	// some replicas and not others; they live in the hot extents of the
+	// replicas' activity logs. This primary's copy of them wins.
+	var hotUnion []int64
+	for _, es := range hot {
+		hotUnion = append(hotUnion, es...)
+	}
+	slices.Sort(hotUnion)
+	hotUnion = slices.Compact(hotUnion)
+	for id, pe := range p.peers {
+		switch {
+		case !promised[id]:
+			p.dropLink(pe)
+		case slices.Contains(d.Members, id):
+			pe.state, pe.digest = PeerMember, false
+			for _, x := range hotUnion {
+				pe.missed.Mark(x*ExtentBytes, ExtentBytes)
+			}
+		default:
+			pe.state = PeerSyncing
+		}
+	}
+	p.members = d.Members
+	next := Gen{Epoch: e, Seq: 1}
+	if err := p.storeGen(next, d.Members); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("volume %d: first generation of epoch %d: %w", cfg.VolumeID, e, err)
+	}
+	p.lastAck = time.Now()
+	// Wait out the previous primary's read lease (with a margin for
+	// clock rate differences) so it cannot serve reads of data this
+	// primary is about to change.
+	select {
+	case <-time.After(cfg.ReadLease * (100 + readLeaseMarginPercent) / 100):
+	case <-ctx.Done():
+		p.Close()
+		return nil, ctx.Err()
+	}
+	p.log.Info("promoted", "epoch", e, "generation", next, "members", fmt.Sprint(d.Members), "newest_before", d.Newest)
+	p.wg.Add(1)
+	go p.maintain()
+	return p, nil
+}
+
+func decodeExtents(b []byte) []int64 {
+	var out []int64
+	for i := 0; i+8 <= len(b); i += 8 {
+		out = append(out, int64(uint64(b[i])<<56|uint64(b[i+1])<<48|uint64(b[i+2])<<40|uint64(b[i+3])<<32|
+			uint64(b[i+4])<<24|uint64(b[i+5])<<16|uint64(b[i+6])<<8|uint64(b[i+7])))
+	}
+	return out
+}
+
+// Epoch is the primary's epoch.
+func (p *Primary) Epoch() Epoch { return p.epoch }
+
+// connectAll dials every peer that has no link.
+func (p *Primary) connectAll(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, pe := range p.peers {
+		p.mu.Lock()
+		up := pe.link != nil && pe.link.alive()
+		p.mu.Unlock()
+		if up {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+			defer cancel()
+			conn, err := p.cfg.Dial(dctx, pe.id)
+			if err != nil {
+				return
+			}
+			l := newLink(pe.id, conn)
+			p.mu.Lock()
+			if p.closed {
+				p.mu.Unlock()
+				l.close()
+				return
+			}
+			pe.link = l
+			p.mu.Unlock()
+		}()
+	}
+	wg.Wait()
+}
+
+// broadcast sends a copy of m to every peer with a live link and returns
+// the answers that came.
+func (p *Primary) broadcast(m *Message) []*Message {
+	return p.sendTo(m, func(*peer) bool { return true })
+}
+
+func (p *Primary) sendTo(m *Message, which func(*peer) bool) []*Message {
+	type res struct{ a *Message }
+	p.mu.Lock()
+	var targets []*peer
+	for _, pe := range p.peers {
+		if pe.link != nil && pe.link.alive() && which(pe) {
+			targets = append(targets, pe)
+		}
+	}
+	p.mu.Unlock()
+	out := make(chan *Message, len(targets))
+	for _, pe := range targets {
+		go func() {
+			c := *m
+			c.Volume, c.From = p.cfg.VolumeID, p.cfg.Self
+			a, err := pe.link.call(&c, p.cfg.PeerTimeout)
+			if err != nil {
+				a = nil
+			}
+			out <- a
+		}()
+	}
+	var answers []*Message
+	for range targets {
+		if a := <-out; a != nil {
+			answers = append(answers, a)
+		}
+	}
+	return answers
+}
+
+// storeGen makes g with members the current generation: it must be stored
+// by every member and by a quorum of the voters (GenCommitted).
+func (p *Primary) storeGen(g Gen, members []NodeID) error {
+	stored := map[NodeID]bool{}
+	ref, err := p.cfg.Local.StoreGen(p.epoch, g, members)
+	if err != nil {
+		return err
+	}
+	if ref != nil {
+		p.depose(ref)
+		return p.deposed
+	}
+	stored[p.cfg.Self] = true
+	for _, a := range p.sendTo(&Message{Type: MsgStoreGen, Epoch: p.epoch, Gen: g, Members: members}, func(pe *peer) bool { return pe.state != PeerDown }) {
+		switch a.Type {
+		case MsgStoreGenOK:
+			stored[a.From] = true
+		case MsgRefuse:
+			if a.Epoch > p.epoch {
+				p.depose(&Refusal{From: a.From, Promised: a.Epoch, Reason: string(a.Payload)})
+				return p.deposed
+			}
+		}
+	}
+	if !GenCommitted(p.cfg.Replicas, members, stored) {
+		return fmt.Errorf("generation %v stored by %v: not every member of %v and a quorum of %v", g, keys(stored), members, p.cfg.Replicas)
+	}
+	p.mu.Lock()
+	p.gen, p.members = g, slices.Clone(members)
+	p.mu.Unlock()
+	return nil
+}
+
+func keys(m map[NodeID]bool) []NodeID {
+	var out []NodeID
+	for k, v := range m {
+		if v {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// depose records that a newer epoch exists: this primary serves nothing
+// from now on.
+func (p *Primary) depose(ref *Refusal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.deposed == nil {
+		p.deposed = fmt.Errorf("volume %d: this primary (epoch %d) was superseded: %w", p.cfg.VolumeID, p.epoch, ref)
+		p.log.Warn("deposed: a newer epoch exists; refusing all I/O", "epoch", p.epoch, "newer", ref.Promised)
+	}
+}
+
+// Deposed says whether a newer primary exists (and why).
+func (p *Primary) Deposed() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.deposed
+}
+
+func (p *Primary) dropLink(pe *peer) {
+	if pe.link != nil {
+		pe.link.close()
+		pe.link = nil
+	}
+	pe.state = PeerDown
+}
+
+// ioErr is what a client sees when the primary cannot serve.
+func ioErr(err error) error { return fmt.Errorf("%w: %v", unix.EIO, err) }
+
+// Size implements nbd.Backend.
+func (p *Primary) Size() int64 { return p.cfg.Local.Store().Size() }
+
+// Features implements nbd.Backend. CanMultiConn holds: a flush reaches
+// every replica's whole file whichever connection it came on.
+func (p *Primary) Features() nbd.Features {
+	return nbd.Features{CanTrim: true, CanZero: true, CanMultiConn: true}
+}
+
+// Cache implements nbd.Backend (a hint; nothing to do).
+func (p *Primary) Cache(off, length int64) error { return nil }
+
+// WriteAt implements nbd.Backend: the write reaches every member and a
+// quorum of the replicas under this primary's epoch before it returns.
+func (p *Primary) WriteAt(b []byte, off int64, fua bool) error {
+	return p.replicate(off, int64(len(b)), fua, func(e Epoch, g Gen, sync bool) (*Refusal, error) {
+		return p.cfg.Local.Write(e, g, sync, b, off, fua)
+	}, func(sync bool) *Message {
+		t := MsgWrite
+		if sync {
+			t = MsgSyncWrite
+		}
+		return &Message{Type: t, Offset: uint64(off), Length: uint32(len(b)), Payload: b}
+	})
+}
+
+// Zero implements nbd.Backend; every replica punches or writes zeroes.
+func (p *Primary) Zero(off, length int64, noHole, fast, fua bool) error {
+	if length <= 0 {
+		return nil
+	}
+	for pos := off; pos < off+length; pos += MaxPayloadBytes {
+		n := min(MaxPayloadBytes, off+length-pos)
+		err := p.replicate(pos, n, fua, func(e Epoch, g Gen, sync bool) (*Refusal, error) {
+			return p.cfg.Local.Zero(e, g, sync, pos, n, fua)
+		}, func(sync bool) *Message {
+			m := &Message{Type: MsgZero, Offset: uint64(pos), Length: uint32(n)}
+			if sync {
+				m.Flags |= FlagSync
+			}
+			return m
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Trim implements nbd.Backend as a zero: replicas must stay identical, so
+// a trimmed range reads as zeroes everywhere.
+func (p *Primary) Trim(off, length int64, fua bool) error {
+	return p.Zero(off, length, false, false, fua)
+}
+
+// replicate runs one write on this node and every peer and decides when it
+// may be acknowledged.
+func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, bool) (*Refusal, error), msg func(sync bool) *Message) error {
+	if err := p.Store().checkRange(off, length); err != nil {
+		return fmt.Errorf("%w: %v", unix.ENOSPC, err)
+	}
+	p.writes.Add(1)
+	unlock := p.locks.lock(off, length)
+	defer unlock()
+	p.barrier.RLock()
+	defer p.barrier.RUnlock()
+	for {
+		if err := p.Deposed(); err != nil {
+			return ioErr(err)
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return ioErr(errors.New("volume closed on this node"))
+		}
+		e, g, members := p.epoch, p.gen, slices.Clone(p.members)
+		type target struct {
+			pe     *peer
+			member bool
+		}
+		var targets []target
+		var lost []NodeID // members without a link: they miss this write
+		for _, pe := range p.peers {
+			member := slices.Contains(members, pe.id)
+			if pe.link != nil && pe.link.alive() && pe.state != PeerDown {
+				targets = append(targets, target{pe, member})
+			} else if member {
+				lost = append(lost, pe.id)
+			} else {
+				pe.missed.Mark(off, length)
+				pe.missedBytes.Add(length)
+			}
+		}
+		p.mu.Unlock()
+		accepted := map[NodeID]bool{}
+		failed := lost
+		type res struct {
+			id  NodeID
+			ok  bool
+			ref *Refusal
+		}
+		out := make(chan res, len(targets))
+		for _, t := range targets {
+			go func() {
+				m := msg(!t.member)
+				m.Volume, m.From, m.Epoch, m.Gen = p.cfg.VolumeID, p.cfg.Self, e, g
+				if fua {
+					m.Flags |= FlagFUA
+				}
+				a, err := t.pe.link.call(m, p.cfg.PeerTimeout)
+				switch {
+				case err != nil:
+					out <- res{id: t.pe.id}
+				case a.Type == MsgWriteOK:
+					out <- res{id: t.pe.id, ok: true}
+				case a.Type == MsgRefuse:
+					out <- res{id: t.pe.id, ref: &Refusal{From: a.From, Promised: a.Epoch, Reason: string(a.Payload)}}
+				default:
+					out <- res{id: t.pe.id}
+				}
+			}()
+		}
+		ref, err := local(e, g, false)
+		if ref != nil {
+			p.depose(ref)
+		} else if err != nil {
+			// The local disk failed: the data is not here, so this
+			// node cannot stay primary (the others hold it).
+			for range targets {
+				<-out
+			}
+			return ioErr(fmt.Errorf("local replica: %w", err))
+		} else {
+			accepted[p.cfg.Self] = true
+		}
+		for range targets {
+			r := <-out
+			switch {
+			case r.ok:
+				accepted[r.id] = true
+			case r.ref != nil && r.ref.Promised > e:
+				p.depose(r.ref)
+			default:
+				failed = append(failed, r.id)
+			}
+		}
+		if err := p.Deposed(); err != nil {
+			return ioErr(err)
+		}
+		// Whoever did not take the write misses it.
+		p.mu.Lock()
+		for _, id := range failed {
+			pe := p.peers[id]
+			pe.missed.Mark(off, length)
+			pe.missedBytes.Add(length)
+			p.dropLink(pe)
+		}
+		p.mu.Unlock()
+		var droppedMembers []NodeID
+		for _, id := range failed {
+			if slices.Contains(members, id) {
+				droppedMembers = append(droppedMembers, id)
+			}
+		}
+		if len(droppedMembers) > 0 {
+			if err := p.dropMembers(droppedMembers); err != nil {
+				p.log.Warn("cannot drop unreachable replicas from the generation", "replicas", fmt.Sprint(droppedMembers), "err", err)
+			}
+			p.mu.Lock()
+			members = slices.Clone(p.members)
+			p.mu.Unlock()
+		}
+		p.mu.Lock()
+		acked := WriteAcked(p.cfg.Replicas, members, accepted) && p.gen.Epoch == e
+		if acked {
+			p.lastAck = time.Now()
+		}
+		p.mu.Unlock()
+		if acked {
+			return nil
+		}
+		if err := p.noQuorum(fmt.Sprintf("write accepted by %v; members %v, replicas %v", keys(accepted), members, p.cfg.Replicas)); err != nil {
+			return err
+		}
+	}
+}
+
+// noQuorum applies on-no-quorum: io-error fails now, suspend waits and
+// lets the caller retry (the maintainer reconnects peers meanwhile).
+func (p *Primary) noQuorum(why string) error {
+	if p.cfg.OnNoQuorum == IOError {
+		return ioErr(fmt.Errorf("volume %d has no write quorum: %s", p.cfg.VolumeID, why))
+	}
+	select {
+	case <-p.ctx.Done():
+		return ioErr(errors.New("volume closed on this node"))
+	case <-time.After(suspendRetryInterval):
+		return nil
+	}
+}
+
+// dropMembers takes unreachable replicas out of the generation so writes
+// can go on with the others (they resync when they return).
+func (p *Primary) dropMembers(ids []NodeID) error {
+	p.mu.Lock()
+	next := slices.DeleteFunc(slices.Clone(p.members), func(id NodeID) bool { return slices.Contains(ids, id) })
+	if len(next) == len(p.members) {
+		p.mu.Unlock()
+		return nil
+	}
+	g := Gen{Epoch: p.epoch, Seq: p.gen.Seq + 1}
+	p.mu.Unlock()
+	if err := p.storeGen(g, next); err != nil {
+		return err
+	}
+	p.log.Warn("replicas left the generation; they will resync", "dropped", fmt.Sprint(ids), "generation", g, "members", fmt.Sprint(next))
+	return nil
+}
+
+// Flush implements nbd.Backend: every member and a quorum of replicas
+// make what they acknowledged durable before the client hears back.
+func (p *Primary) Flush() error {
+	for {
+		if err := p.Deposed(); err != nil {
+			return ioErr(err)
+		}
+		p.mu.Lock()
+		e, members := p.epoch, slices.Clone(p.members)
+		p.mu.Unlock()
+		flushed := map[NodeID]bool{}
+		answers := p.sendTo(&Message{Type: MsgFlush, Epoch: e}, func(pe *peer) bool { return slices.Contains(members, pe.id) })
+		if err := p.Store().Flush(); err != nil {
+			return ioErr(fmt.Errorf("local replica: %w", err))
+		}
+		flushed[p.cfg.Self] = true
+		for _, a := range answers {
+			switch {
+			case a.Type == MsgFlushOK:
+				flushed[a.From] = true
+			case a.Type == MsgRefuse && a.Epoch > e:
+				p.depose(&Refusal{From: a.From, Promised: a.Epoch, Reason: string(a.Payload)})
+			}
+		}
+		if err := p.Deposed(); err != nil {
+			return ioErr(err)
+		}
+		var missing []NodeID
+		for _, m := range members {
+			if !flushed[m] {
+				missing = append(missing, m)
+			}
+		}
+		if len(missing) > 0 {
+			// A member that cannot flush may have lost what it
+			// acknowledged: it must resync from scratch.
+			p.mu.Lock()
+			for _, id := range missing {
+				if pe := p.peers[id]; pe != nil {
+					pe.digest = true
+					p.dropLink(pe)
+				}
+			}
+			p.mu.Unlock()
+			p.barrier.Lock()
+			err := p.dropMembers(missing)
+			p.barrier.Unlock()
+			if err != nil {
+				p.log.Warn("flush: cannot drop replicas that failed it", "replicas", fmt.Sprint(missing), "err", err)
+			}
+			p.mu.Lock()
+			members = slices.Clone(p.members)
+			p.mu.Unlock()
+		}
+		if WriteAcked(p.cfg.Replicas, members, flushed) {
+			p.mu.Lock()
+			p.lastAck = time.Now()
+			p.mu.Unlock()
+			return nil
+		}
+		if err := p.noQuorum(fmt.Sprintf("flushed by %v", keys(flushed))); err != nil {
+			return err
+		}
+	}
+}
+
+// Store is the local replica's data.
+func (p *Primary) Store() *Store { return p.cfg.Local.Store() }
+
+// ReadAt implements nbd.Backend. Reads come from the local copy while the
+// read lease holds; a block whose checksum fails is read from a member
+// that has it right and repaired here.
+func (p *Primary) ReadAt(b []byte, off int64) error {
+	if err := p.confirm(); err != nil {
+		return err
+	}
+	err := p.Store().ReadAt(b, off)
+	var ce *ChecksumError
+	if !errors.As(err, &ce) {
+		return err
+	}
+	for _, blk := range ce.Blocks {
+		good, rerr := p.repairBlock(blk)
+		if rerr != nil {
+			return ioErr(fmt.Errorf("block %d is corrupt here and no replica could supply it: %v", blk, rerr))
+		}
+		// Copy the good block's overlap with the request.
+		bs, be := blk*BlockBytes, (blk+1)*BlockBytes
+		s, e := max(bs, off), min(be, off+int64(len(b)))
+		copy(b[s-off:e-off], good[s-bs:e-bs])
+	}
+	return nil
+}
+
+// confirm makes sure this primary still holds its epoch before serving a
+// read: within the read lease of the last quorum answer it does; after it
+// a flush round asks the members again.
+func (p *Primary) confirm() error {
+	p.mu.Lock()
+	dep, fresh := p.deposed, time.Since(p.lastAck) < p.cfg.ReadLease
+	p.mu.Unlock()
+	if dep != nil {
+		return ioErr(dep)
+	}
+	if fresh {
+		return nil
+	}
+	return p.Flush()
+}
+
+// repairBlock reads a block from a member whose copy passes its checksum,
+// writes it here and returns it.
+func (p *Primary) repairBlock(blk int64) ([]byte, error) {
+	off := blk * BlockBytes
+	unlock := p.locks.lock(off, BlockBytes)
+	defer unlock()
+	p.mu.Lock()
+	e, members := p.epoch, slices.Clone(p.members)
+	p.mu.Unlock()
+	var lastErr error = errors.New("no member reachable")
+	for _, a := range p.sendTo(&Message{Type: MsgRead, Epoch: e, Offset: uint64(off), Length: BlockBytes}, func(pe *peer) bool { return slices.Contains(members, pe.id) }) {
+		if a.Type != MsgReadOK || len(a.Payload) != BlockBytes {
+			lastErr = fmt.Errorf("node %d: %s", a.From, a.Payload)
+			continue
+		}
+		if err := p.Store().WriteAt(a.Payload, off, true); err != nil {
+			return nil, err
+		}
+		p.repaired.Add(1)
+		p.log.Warn("repaired a corrupt block from a replica", "block", blk, "from", a.From)
+		return a.Payload, nil
+	}
+	return nil, lastErr
+}
+
+// Close stops serving; the replica stays open (the caller owns it).
+func (p *Primary) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	for _, pe := range p.peers {
+		if pe.link != nil {
+			pe.link.close()
+			pe.link = nil
+		}
+	}
+	p.mu.Unlock()
+	p.cancel()
+	p.wg.Wait()
+	return nil
+}

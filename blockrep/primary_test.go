@@ -1,0 +1,420 @@
+package blockrep
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// testCluster runs replicas of one volume in this process, each behind a
+// real TCP listener serving the peer protocol. The dialer announces its
+// node id in 4 bytes (the daemon uses the TLS certificate instead).
+type testCluster struct {
+	t       *testing.T
+	size    int64
+	ids     []NodeID
+	mu      sync.Mutex
+	nodes   map[NodeID]*testNode
+	baseDir string
+}
+
+type testNode struct {
+	id    NodeID
+	rep   *Replica
+	srv   *Server
+	ln    net.Listener
+	addr  string
+	conns []net.Conn
+	ctx   context.Context
+	stop  context.CancelFunc
+}
+
+const testVolume = 77
+
+func newTestCluster(t *testing.T, n int, size int64) *testCluster {
+	c := &testCluster{t: t, size: size, nodes: map[NodeID]*testNode{}, baseDir: t.TempDir()}
+	for i := 1; i <= n; i++ {
+		c.ids = append(c.ids, NodeID(i))
+	}
+	for _, id := range c.ids {
+		c.start(id, "")
+	}
+	t.Cleanup(func() {
+		for _, id := range c.ids {
+			c.kill(id)
+		}
+	})
+	return c
+}
+
+// start opens (or creates) a node's replica and serves it; addr reuses the
+// node's previous address when set.
+func (c *testCluster) start(id NodeID, addr string) *testNode {
+	c.t.Helper()
+	rep, err := OpenReplica(filepath.Join(c.baseDir, "n", string(rune('0'+id))), ReplicaOptions{Self: id, VolumeID: testVolume, SizeBytes: c.size, Members: c.ids})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	n := &testNode{id: id, rep: rep, ln: ln, addr: ln.Addr().String()}
+	n.ctx, n.stop = context.WithCancel(context.Background())
+	n.srv = &Server{Self: id, Lookup: func(v uint64) *Replica {
+		if v == testVolume {
+			return rep
+		}
+		return nil
+	}, Logger: quietLog()}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			var b [4]byte
+			if _, err := io.ReadFull(conn, b[:]); err != nil {
+				conn.Close()
+				continue
+			}
+			c.mu.Lock()
+			n.conns = append(n.conns, conn)
+			c.mu.Unlock()
+			go n.srv.ServeConn(n.ctx, conn, NodeID(binary.BigEndian.Uint32(b[:])))
+		}
+	}()
+	c.mu.Lock()
+	c.nodes[id] = n
+	c.mu.Unlock()
+	return n
+}
+
+// kill stops a node abruptly: its connections drop mid-flight.
+func (c *testCluster) kill(id NodeID) string {
+	c.mu.Lock()
+	n := c.nodes[id]
+	delete(c.nodes, id)
+	c.mu.Unlock()
+	if n == nil {
+		return ""
+	}
+	n.ln.Close()
+	n.stop()
+	c.mu.Lock()
+	for _, conn := range n.conns {
+		conn.Close()
+	}
+	c.mu.Unlock()
+	// Let in-flight handlers finish before the files close.
+	time.Sleep(50 * time.Millisecond)
+	n.rep.Close()
+	return n.addr
+}
+
+func (c *testCluster) dialer(self NodeID) func(ctx context.Context, peer NodeID) (net.Conn, error) {
+	return func(ctx context.Context, peer NodeID) (net.Conn, error) {
+		c.mu.Lock()
+		n := c.nodes[peer]
+		c.mu.Unlock()
+		if n == nil {
+			return nil, errors.New("node down")
+		}
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", n.addr)
+		if err != nil {
+			return nil, err
+		}
+		conn.Write(binary.BigEndian.AppendUint32(nil, uint32(self)))
+		return conn, nil
+	}
+}
+
+func (c *testCluster) promote(id NodeID) (*Primary, error) {
+	c.mu.Lock()
+	n := c.nodes[id]
+	c.mu.Unlock()
+	return Promote(context.Background(), PrimaryConfig{
+		Self: id, VolumeID: testVolume, Replicas: c.ids, Local: n.rep, Dial: c.dialer(id),
+		PeerTimeout: 3 * time.Second, ReadLease: 100 * time.Millisecond, OnNoQuorum: IOError,
+		Logger: quietLog(),
+	})
+}
+
+func (c *testCluster) dataOf(id NodeID) []byte {
+	b, err := os.ReadFile(filepath.Join(c.baseDir, "n", string(rune('0'+id)), "data"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return b
+}
+
+// waitSynced waits until every replica is a member again with nothing
+// left to send.
+func waitSynced(t *testing.T, p *Primary, want int) PrimaryStatus {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := p.Status()
+		ok := len(st.Members) == want
+		for _, ps := range st.Peers {
+			if ps.State != PeerMember || ps.OutOfSyncBytes != 0 {
+				ok = false
+			}
+		}
+		if ok {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replicas did not catch up: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func randomWrites(t *testing.T, p *Primary, rng *rand.Rand, count int, blockBytes int64) int64 {
+	t.Helper()
+	buf := make([]byte, blockBytes)
+	var written int64
+	for i := 0; i < count; i++ {
+		for j := range buf {
+			buf[j] = byte(rng.Uint32())
+		}
+		off := rng.Int64N(p.Size()/blockBytes) * blockBytes
+		if err := p.WriteAt(buf, off, false); err != nil {
+			t.Fatalf("write %d at %d: %v", i, off, err)
+		}
+		written += blockBytes
+	}
+	return written
+}
+
+func TestPrimaryMirrorsAndResyncsOnlyWhatWasMissed(t *testing.T) {
+	const size = 16 << 20
+	c := newTestCluster(t, 3, size)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	rng := rand.New(rand.NewPCG(1, 2))
+	randomWrites(t, p, rng, 200, 64<<10)
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []NodeID{2, 3} {
+		if !bytes.Equal(c.dataOf(1), c.dataOf(id)) {
+			t.Fatalf("replica %d differs from the primary after mirrored writes", id)
+		}
+	}
+	// Node 3 goes away; writes go on with 1 and 2 (a majority).
+	addr := c.kill(3)
+	missed := randomWrites(t, p, rng, 100, 64<<10)
+	if st := p.Status(); len(st.Members) != 2 {
+		t.Fatalf("node 3 still a member after it died: %+v", st)
+	}
+	c.start(3, addr)
+	st := waitSynced(t, p, 3)
+	var resent int64
+	for _, ps := range st.Peers {
+		if ps.Node == 3 {
+			resent = ps.ResentBytes
+		}
+	}
+	if resent == 0 || float64(resent) > 1.25*float64(missed) {
+		t.Fatalf("resent %d bytes for %d missed (want at most 1.25x)", resent, missed)
+	}
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []NodeID{2, 3} {
+		if !bytes.Equal(c.dataOf(1), c.dataOf(id)) {
+			t.Fatalf("replica %d differs from the primary after resync", id)
+		}
+	}
+}
+
+func TestPrimaryWithoutQuorumFails(t *testing.T) {
+	c := newTestCluster(t, 3, 4<<20)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c.kill(2)
+	c.kill(3)
+	err = p.WriteAt(make([]byte, 4096), 0, false)
+	if !errors.Is(err, unix.EIO) {
+		t.Fatalf("write without a quorum: %v, want EIO (on-no-quorum io-error)", err)
+	}
+}
+
+// A primary that a newer one superseded gets no write acknowledged and
+// serves no reads (its clients see errors, not old data).
+func TestStalePrimaryIsRefused(t *testing.T) {
+	c := newTestCluster(t, 3, 4<<20)
+	old, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.WriteAt(bytes.Repeat([]byte{1}, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	newer, err := c.promote(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer newer.Close()
+	if err := newer.WriteAt(bytes.Repeat([]byte{2}, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.WriteAt(bytes.Repeat([]byte{3}, 4096), 0, false); !errors.Is(err, unix.EIO) {
+		t.Fatalf("stale primary's write: %v, want EIO", err)
+	}
+	time.Sleep(150 * time.Millisecond) // past the read lease
+	buf := make([]byte, 4096)
+	if err := old.ReadAt(buf, 0); err == nil {
+		t.Fatalf("stale primary served a read: %x", buf[:4])
+	}
+	if err := newer.ReadAt(buf, 0); err != nil || buf[0] != 2 {
+		t.Fatalf("new primary read %x, %v", buf[:4], err)
+	}
+}
+
+// A primary restarted without its bitmaps compares digests with a replica
+// whose history it does not know, and sends only what differs.
+func TestPromotionComparesDigestsOfUnknownReplicas(t *testing.T) {
+	const size = 8 << 20
+	c := newTestCluster(t, 3, size)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	randomWrites(t, p, rng, 50, 64<<10)
+	addr := c.kill(3)
+	missed := randomWrites(t, p, rng, 20, 64<<10)
+	p.Flush()
+	p.Close()
+	// Node 2 takes over (it was a member all along); node 3 returns.
+	c.start(3, addr)
+	p2, err := c.promote(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	st := waitSynced(t, p2, 3)
+	for _, ps := range st.Peers {
+		if ps.Node == 3 && float64(ps.ResentBytes) > 1.25*float64(missed) {
+			t.Fatalf("digest resync sent %d bytes for %d missed", ps.ResentBytes, missed)
+		}
+	}
+	p2.Flush()
+	for _, id := range []NodeID{1, 3} {
+		if !bytes.Equal(c.dataOf(2), c.dataOf(id)) {
+			t.Fatalf("replica %d differs after the new primary's resync", id)
+		}
+	}
+}
+
+// A corrupt block on the primary is read from a replica and repaired.
+func TestPrimaryRepairsCorruptBlockOnRead(t *testing.T) {
+	c := newTestCluster(t, 3, 4<<20)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	want := bytes.Repeat([]byte("paddock!"), 512)
+	if err := p.WriteAt(want, 8192, true); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(c.baseDir, "n", "1", "data"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("XX"), 8192+100)
+	f.Close()
+	got := make([]byte, 4096)
+	if err := p.ReadAt(got, 8192); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read of a corrupt block: %v", err)
+	}
+	if p.Status().RepairedBlocks != 1 {
+		t.Fatalf("repaired %d blocks, want 1", p.Status().RepairedBlocks)
+	}
+	if bad, err := p.Store().VerifyBlocks(0, 4<<20); err != nil || len(bad) != 0 {
+		t.Fatalf("after repair: bad %v, %v", bad, err)
+	}
+}
+
+// A peer message claiming another sender, or an old epoch, changes
+// nothing.
+func TestServerRefusesForgedAndStaleMessages(t *testing.T) {
+	c := newTestCluster(t, 3, 4<<20)
+	first, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	p, err := c.promote(1) // epoch 2: epoch 1 is now old
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	conn, err := c.dialer(2)(context.Background(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLink(3, conn)
+	defer l.close()
+	// Claims to be node 1 (the primary) on node 2's connection.
+	a, err := l.call(&Message{Type: MsgWrite, Volume: testVolume, From: 1, Epoch: p.Epoch(), Gen: p.Status().Gen, Length: 4, Payload: []byte("evil")}, time.Second)
+	if err == nil {
+		err = errors.New(string(a.Payload))
+		if a.Type == MsgWriteOK {
+			t.Fatal("forged write accepted")
+		}
+	}
+	// Node 2 with an old epoch.
+	a, err = l.call(&Message{Type: MsgWrite, Volume: testVolume, From: 2, Epoch: p.Epoch() - 1, Gen: Gen{p.Epoch() - 1, 1}, Length: 4, Payload: []byte("evil")}, time.Second)
+	if err != nil || a.Type != MsgRefuse {
+		t.Fatalf("old-epoch write: %v %v", a, err)
+	}
+	// Past the end.
+	a, err = l.call(&Message{Type: MsgSyncWrite, Volume: testVolume, From: 2, Epoch: p.Epoch(), Offset: 4 << 20, Length: 4, Payload: []byte("evil")}, time.Second)
+	if err != nil || a.Type != MsgFailed {
+		t.Fatalf("write past the end: %v %v", a, err)
+	}
+	// Unknown volume.
+	a, err = l.call(&Message{Type: MsgRead, Volume: 5, From: 2, Epoch: p.Epoch(), Length: 4096}, time.Second)
+	if err != nil || a.Type != MsgFailed {
+		t.Fatalf("unknown volume: %v %v", a, err)
+	}
+	p.Flush()
+	if bytes.Contains(c.dataOf(3), []byte("evil")) {
+		t.Fatal("a refused message changed data")
+	}
+}
+
+func quietLog() *slog.Logger {
+	if testing.Verbose() {
+		return slog.Default()
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}

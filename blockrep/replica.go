@@ -1,0 +1,322 @@
+package blockrep
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/paddock-io/paddock/internal/atomicfile"
+)
+
+// ReplicaMeta is what a replica keeps beside its data: which volume it
+// belongs to, and its voter state (the epoch it promised, the generation
+// it stored). It is written whole (write, fsync, rename, fsync dir) before
+// any answer that depends on it leaves the node.
+type ReplicaMeta struct {
+	VolumeID  uint64     `json:"volume_id"`
+	SizeBytes int64      `json:"size_bytes"`
+	Voter     VoterState `json:"voter"`
+}
+
+const metaFileName = "meta.json"
+
+// ReplicaOptions say which replica to open or create.
+type ReplicaOptions struct {
+	Self      NodeID
+	VolumeID  uint64
+	SizeBytes int64
+	// Members is the first generation's set when the replica is new: the
+	// volume's initial replicas (all zeroes, hence identical). A replica
+	// added to an existing volume starts outside every set.
+	Members   []NodeID
+	ALExtents int
+}
+
+// Replica is one node's copy of a volume plus its voter state. It answers
+// the peer protocol (Handle) and is the local half of a primary.
+type Replica struct {
+	// gate orders writes against promises: a write holds it shared from
+	// its epoch check to the end of its disk write, a promise or a new
+	// generation holds it exclusively. So once a promise is given, no
+	// write of an older epoch is still landing (a new primary reads what
+	// it was promised).
+	gate  sync.RWMutex
+	mu    sync.Mutex // guards meta
+	dir   string
+	meta  ReplicaMeta
+	store *Store
+}
+
+// OpenReplica opens the replica in dir, creating it when dir holds none.
+func OpenReplica(dir string, o ReplicaOptions) (*Replica, error) {
+	r := &Replica{dir: dir}
+	b, err := os.ReadFile(filepath.Join(dir, metaFileName))
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &r.meta); err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, metaFileName), err)
+		}
+		if r.meta.VolumeID != o.VolumeID || r.meta.SizeBytes != o.SizeBytes || r.meta.Voter.ID != o.Self {
+			return nil, fmt.Errorf("%s holds volume %d (%d bytes, node %d), not volume %d (%d bytes, node %d)",
+				dir, r.meta.VolumeID, r.meta.SizeBytes, r.meta.Voter.ID, o.VolumeID, o.SizeBytes, o.Self)
+		}
+		if r.store, err = OpenStore(dir, StoreOptions{ALExtents: o.ALExtents}); err != nil {
+			return nil, err
+		}
+	case errors.Is(err, os.ErrNotExist):
+		if r.store, err = CreateStore(dir, o.SizeBytes, StoreOptions{ALExtents: o.ALExtents}); err != nil {
+			return nil, err
+		}
+		r.meta = ReplicaMeta{VolumeID: o.VolumeID, SizeBytes: o.SizeBytes,
+			Voter: VoterState{ID: o.Self, HasData: true, Members: slices.Clone(o.Members)}}
+		if err := r.saveMeta(); err != nil {
+			r.store.Close()
+			return nil, err
+		}
+	default:
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Replica) saveMeta() error {
+	b, err := json.MarshalIndent(r.meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(r.dir, metaFileName), b, 0o600)
+}
+
+// Close closes the store.
+func (r *Replica) Close() error { return r.store.Close() }
+
+// Store is the replica's data.
+func (r *Replica) Store() *Store { return r.store }
+
+// Dir is where the replica lives.
+func (r *Replica) Dir() string { return r.dir }
+
+// Voter is a copy of the voter state.
+func (r *Replica) Voter() VoterState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v := r.meta.Voter
+	v.Members = slices.Clone(v.Members)
+	return v
+}
+
+// VolumeID names the volume.
+func (r *Replica) VolumeID() uint64 { return r.meta.VolumeID }
+
+// Prepare answers a would-be primary, durably.
+func (r *Replica) Prepare(e Epoch) (Promise, *Refusal, error) {
+	r.gate.Lock()
+	defer r.gate.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	before := r.meta.Voter
+	p, ref := r.meta.Voter.Prepare(e)
+	if ref != nil {
+		return p, ref, nil
+	}
+	if err := r.saveMeta(); err != nil {
+		r.meta.Voter = before
+		return Promise{}, nil, err
+	}
+	return p, nil, nil
+}
+
+// StoreGen stores a new generation, durably.
+func (r *Replica) StoreGen(e Epoch, g Gen, members []NodeID) (*Refusal, error) {
+	r.gate.Lock()
+	defer r.gate.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	before := r.meta.Voter
+	if ref := r.meta.Voter.StoreGen(e, g, members); ref != nil {
+		return ref, nil
+	}
+	if err := r.saveMeta(); err != nil {
+		r.meta.Voter = before
+		return nil, err
+	}
+	return nil, nil
+}
+
+// admit checks a write of epoch e in generation g and, when it may go on,
+// holds the gate until the returned function is called. A member's write
+// must match the epoch and generation exactly; a sync write (resync, or a
+// write copied to a replica still catching up) only the epoch.
+func (r *Replica) admit(e Epoch, g Gen, sync bool) (func(), *Refusal) {
+	r.gate.RLock()
+	r.mu.Lock()
+	var ref *Refusal
+	if sync {
+		if e != r.meta.Voter.Promised {
+			ref = &Refusal{From: r.meta.Voter.ID, Promised: r.meta.Voter.Promised, Reason: fmt.Sprintf("sync write from epoch %d", e)}
+		}
+	} else {
+		ref = r.meta.Voter.AcceptWrite(e, g)
+	}
+	r.mu.Unlock()
+	if ref != nil {
+		r.gate.RUnlock()
+		return nil, ref
+	}
+	return r.gate.RUnlock, nil
+}
+
+// Write applies a write of the primary of epoch e, if the voter state
+// admits it.
+func (r *Replica) Write(e Epoch, g Gen, sync bool, p []byte, off int64, fua bool) (*Refusal, error) {
+	release, ref := r.admit(e, g, sync)
+	if ref != nil {
+		return ref, nil
+	}
+	defer release()
+	return nil, r.store.WriteAt(p, off, fua)
+}
+
+// Zero zeroes a range for the primary of epoch e.
+func (r *Replica) Zero(e Epoch, g Gen, sync bool, off, length int64, fua bool) (*Refusal, error) {
+	release, ref := r.admit(e, g, sync)
+	if ref != nil {
+		return ref, nil
+	}
+	defer release()
+	return nil, r.store.Zero(off, length, fua)
+}
+
+// Digests returns one 64-bit digest (xxhash64 of the data) per region of
+// [off, off+length): resync and verify compare replicas by these, so only
+// digests cross the network.
+func (r *Replica) Digests(off, length, regionBytes int64) ([]uint64, error) {
+	if regionBytes < BlockBytes || regionBytes%BlockBytes != 0 || off%regionBytes != 0 {
+		return nil, fmt.Errorf("digest of %d+%d in regions of %d: not aligned", off, length, regionBytes)
+	}
+	if err := r.store.checkRange(off, length); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, regionBytes)
+	var out []uint64
+	for pos := off; pos < off+length; pos += regionBytes {
+		chunk := buf[:min(regionBytes, off+length-pos)]
+		if err := r.store.ReadAt(chunk, pos); err != nil {
+			return nil, err
+		}
+		out = append(out, xxhash.Sum64(chunk))
+	}
+	return out, nil
+}
+
+// Handle answers one peer message addressed to this replica. It never
+// panics on a well-formed message (Decode checked the shape); a message
+// out of range gets MsgFailed and changes nothing.
+func (r *Replica) Handle(m *Message) *Message {
+	reply := &Message{Volume: m.Volume, From: r.meta.Voter.ID, Seq: m.Seq, Epoch: m.Epoch}
+	refuse := func(ref *Refusal) *Message {
+		reply.Type, reply.Epoch = MsgRefuse, ref.Promised
+		reply.Payload = truncText(ref.Reason)
+		return reply
+	}
+	fail := func(err error) *Message {
+		reply.Type = MsgFailed
+		reply.Payload = truncText(err.Error())
+		return reply
+	}
+	size := r.store.Size()
+	inRange := func() bool { return int64(m.Offset) <= size && int64(m.Offset)+int64(m.Length) <= size }
+	switch m.Type {
+	case MsgPrepare:
+		p, ref, err := r.Prepare(m.Epoch)
+		if err != nil {
+			return fail(err)
+		}
+		if ref != nil {
+			return refuse(ref)
+		}
+		reply.Type, reply.Gen, reply.Members = MsgPromise, p.Gen, p.Members
+		for _, e := range r.store.HotExtents() {
+			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, uint64(e))
+		}
+		return reply
+	case MsgStoreGen:
+		ref, err := r.StoreGen(m.Epoch, m.Gen, m.Members)
+		if err != nil {
+			return fail(err)
+		}
+		if ref != nil {
+			return refuse(ref)
+		}
+		reply.Type, reply.Gen = MsgStoreGenOK, m.Gen
+		return reply
+	case MsgWrite, MsgSyncWrite, MsgZero:
+		if !inRange() {
+			return fail(fmt.Errorf("range %d+%d outside the volume (%d bytes)", m.Offset, m.Length, size))
+		}
+		var ref *Refusal
+		var err error
+		fua := m.Flags&FlagFUA != 0
+		if m.Type == MsgZero {
+			ref, err = r.Zero(m.Epoch, m.Gen, m.Flags&FlagSync != 0, int64(m.Offset), int64(m.Length), fua)
+		} else {
+			ref, err = r.Write(m.Epoch, m.Gen, m.Type == MsgSyncWrite, m.Payload, int64(m.Offset), fua)
+		}
+		if ref != nil {
+			return refuse(ref)
+		}
+		if err != nil {
+			return fail(err)
+		}
+		reply.Type, reply.Gen = MsgWriteOK, m.Gen
+		return reply
+	case MsgFlush:
+		if v := r.Voter(); m.Epoch != v.Promised {
+			return refuse(&Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("flush from epoch %d", m.Epoch)})
+		}
+		if err := r.store.Flush(); err != nil {
+			return fail(err)
+		}
+		reply.Type = MsgFlushOK
+		return reply
+	case MsgRead:
+		if !inRange() {
+			return fail(fmt.Errorf("range %d+%d outside the volume (%d bytes)", m.Offset, m.Length, size))
+		}
+		buf := make([]byte, m.Length)
+		if err := r.store.ReadAt(buf, int64(m.Offset)); err != nil {
+			return fail(err)
+		}
+		reply.Type, reply.Payload = MsgReadOK, buf
+		return reply
+	case MsgDigest:
+		rb := int64(binary.BigEndian.Uint64(m.Payload))
+		if !inRange() {
+			return fail(fmt.Errorf("range %d+%d outside the volume (%d bytes)", m.Offset, m.Length, size))
+		}
+		ds, err := r.Digests(int64(m.Offset), int64(m.Length), rb)
+		if err != nil {
+			return fail(err)
+		}
+		reply.Type = MsgDigestOK
+		for _, d := range ds {
+			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, d)
+		}
+		return reply
+	}
+	return fail(fmt.Errorf("%v is not a request", m.Type))
+}
+
+func truncText(s string) []byte {
+	if len(s) > maxTextBytes {
+		s = s[:maxTextBytes]
+	}
+	return []byte(s)
+}

@@ -1,0 +1,327 @@
+package blockrep
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// maintain reconnects peers that are away and resyncs those that came
+// back, until the primary closes.
+func (p *Primary) maintain() {
+	defer p.wg.Done()
+	t := time.NewTicker(reconnectInterval)
+	defer t.Stop()
+	for {
+		p.connectAll(p.ctx)
+		p.mu.Lock()
+		var back, needSync []*peer
+		for _, pe := range p.peers {
+			alive := pe.link != nil && pe.link.alive()
+			switch {
+			case alive && pe.state == PeerDown:
+				back = append(back, pe)
+			case alive && !pe.resyncing && (pe.digest || pe.missed.Count() > 0 || pe.state == PeerSyncing):
+				needSync = append(needSync, pe)
+			}
+		}
+		p.mu.Unlock()
+		for _, pe := range back {
+			p.rejoin(pe)
+		}
+		for _, pe := range needSync {
+			p.mu.Lock()
+			pe.resyncing = true
+			p.mu.Unlock()
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				err := p.resync(pe)
+				p.mu.Lock()
+				pe.resyncing = false
+				p.mu.Unlock()
+				if err != nil && p.ctx.Err() == nil {
+					p.log.Warn("resync interrupted; it resumes when the replica is back", "replica", pe.id, "err", err)
+				}
+			}()
+		}
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// rejoin brings a peer that reconnected under this primary's epoch. It
+// then catches up as a syncing replica and becomes a member again when it
+// has everything.
+func (p *Primary) rejoin(pe *peer) {
+	l := pe.link
+	a, err := l.call(&Message{Type: MsgPrepare, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch}, p.cfg.PeerTimeout)
+	if err != nil {
+		return
+	}
+	switch {
+	case a.Type == MsgRefuse && a.Epoch > p.epoch:
+		p.depose(&Refusal{From: a.From, Promised: a.Epoch, Reason: string(a.Payload)})
+		return
+	case a.Type == MsgPromise, a.Type == MsgRefuse && a.Epoch == p.epoch:
+	default:
+		p.log.Warn("replica did not take this primary's epoch", "replica", pe.id, "answer", a.Type, "detail", string(a.Payload))
+		l.close()
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pe.link != l {
+		return
+	}
+	// Its own activity log names what a crash of it may have lost.
+	for _, x := range decodeExtents(a.Payload) {
+		if a.Type == MsgPromise {
+			pe.missed.Mark(x*ExtentBytes, ExtentBytes)
+		}
+	}
+	if slices.Contains(p.members, pe.id) {
+		pe.state = PeerMember
+	} else {
+		pe.state = PeerSyncing
+		pe.syncStarted = time.Now()
+	}
+	p.log.Info("replica is back", "replica", pe.id, "state", pe.state, "out_of_sync_bytes", pe.missed.Count()*pe.missed.RegionBytes(), "compare_digests", pe.digest)
+}
+
+// resync sends a peer what it misses: first, when the primary does not
+// know what that is, it compares digests region by region (only digests
+// cross the network); then it sends the marked regions, a bounded window
+// at a time, each under its range lock so no client write slips between
+// reading it here and writing it there. A syncing peer that has caught
+// up joins the generation.
+func (p *Primary) resync(pe *peer) error {
+	p.mu.Lock()
+	l, digest := pe.link, pe.digest
+	p.mu.Unlock()
+	if l == nil {
+		return fmt.Errorf("no link")
+	}
+	if digest {
+		if err := p.compareDigests(pe, l); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		pe.digest = false
+		p.mu.Unlock()
+	}
+	for {
+		if err := p.sendMissed(pe, l); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		syncing := pe.state == PeerSyncing
+		p.mu.Unlock()
+		if !syncing {
+			return nil
+		}
+		// Join: with client writes held, check that nothing new was
+		// missed and store the generation with the peer in it.
+		p.barrier.Lock()
+		p.mu.Lock()
+		left := pe.missed.Count()
+		alive := pe.link == l && l.alive()
+		members := append(slices.Clone(p.members), pe.id)
+		g := Gen{Epoch: p.epoch, Seq: p.gen.Seq + 1}
+		p.mu.Unlock()
+		if !alive {
+			p.barrier.Unlock()
+			return fmt.Errorf("link lost")
+		}
+		if left > 0 {
+			p.barrier.Unlock()
+			continue
+		}
+		slices.Sort(members)
+		err := p.storeGen(g, members)
+		if err == nil {
+			p.mu.Lock()
+			pe.state = PeerMember
+			took := time.Since(pe.syncStarted)
+			p.mu.Unlock()
+			p.log.Info("replica caught up and rejoined the generation", "replica", pe.id, "generation", g,
+				"resent_bytes", pe.resentBytes.Load(), "took", took.Round(time.Millisecond))
+		}
+		p.barrier.Unlock()
+		return err
+	}
+}
+
+// compareDigests marks the regions where the peer's data differs.
+func (p *Primary) compareDigests(pe *peer, l *link) error {
+	size, rb := p.Size(), p.cfg.RegionBytes
+	batch := rb * MaxDigestRegions
+	for off := int64(0); off < size; off += batch {
+		n := min(batch, size-off)
+		if n > 1<<32-1 {
+			n = (1<<32 - 1) / rb * rb
+		}
+		req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
+			Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}
+		a, err := l.call(req, p.cfg.PeerTimeout*4)
+		if err != nil {
+			return err
+		}
+		if a.Type != MsgDigestOK {
+			return fmt.Errorf("digest from node %d: %v %s", pe.id, a.Type, a.Payload)
+		}
+		mine, err := p.cfg.Local.Digests(off, n, rb)
+		if err != nil {
+			return err
+		}
+		if len(a.Payload) != 8*len(mine) {
+			return fmt.Errorf("node %d sent %d digests for %d regions", pe.id, len(a.Payload)/8, len(mine))
+		}
+		p.mu.Lock()
+		for i, d := range mine {
+			if binary.BigEndian.Uint64(a.Payload[8*i:]) != d {
+				pe.missed.Mark(off+int64(i)*rb, rb)
+			}
+		}
+		p.mu.Unlock()
+		if p.ctx.Err() != nil {
+			return p.ctx.Err()
+		}
+	}
+	return nil
+}
+
+// sendMissed sends the marked regions until none is left.
+func (p *Primary) sendMissed(pe *peer, l *link) error {
+	size, rb := p.Size(), p.cfg.RegionBytes
+	window := make(chan struct{}, resyncWindow)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	limiter := newRateLimiter()
+	from := int64(0)
+	for {
+		mu.Lock()
+		err := firstErr
+		mu.Unlock()
+		if err != nil {
+			break
+		}
+		if p.ctx.Err() != nil {
+			err = p.ctx.Err()
+			break
+		}
+		// The next run of marked regions, up to a chunk.
+		p.mu.Lock()
+		r := pe.missed.Next(from)
+		if r < 0 {
+			p.mu.Unlock()
+			break
+		}
+		end := r + 1
+		for end*rb < size && (end-r)*rb < resyncChunkBytes && pe.missed.IsSet(end) {
+			end++
+		}
+		p.mu.Unlock()
+		off, n := r*rb, min(end*rb, size)-r*rb
+		from = end
+		window <- struct{}{}
+		unlock := p.locks.lock(off, n)
+		p.mu.Lock()
+		for x := r; x < end; x++ {
+			pe.missed.Clear(x)
+		}
+		e, g := p.epoch, p.gen
+		p.mu.Unlock()
+		buf := make([]byte, n)
+		if err := p.Store().ReadAt(buf, off); err != nil {
+			unlock()
+			<-window
+			p.remark(pe, off, n)
+			mu.Lock()
+			firstErr = fmt.Errorf("reading %d+%d here: %w", off, n, err)
+			mu.Unlock()
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-window }()
+			defer unlock()
+			m := &Message{Type: MsgSyncWrite, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: e, Gen: g,
+				Offset: uint64(off), Length: uint32(n), Payload: buf}
+			a, err := l.call(m, p.cfg.PeerTimeout*2)
+			if err == nil && a.Type != MsgWriteOK {
+				if a.Type == MsgRefuse && a.Epoch > e {
+					p.depose(&Refusal{From: a.From, Promised: a.Epoch, Reason: string(a.Payload)})
+				}
+				err = fmt.Errorf("node %d: %v %s", pe.id, a.Type, a.Payload)
+			}
+			if err != nil {
+				p.remark(pe, off, n)
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+				return
+			}
+			pe.resentBytes.Add(n)
+		}()
+		limiter.wait(n, p.resyncRate())
+	}
+	wg.Wait()
+	return firstErr
+}
+
+func (p *Primary) remark(pe *peer, off, n int64) {
+	p.mu.Lock()
+	pe.missed.Mark(off, n)
+	p.mu.Unlock()
+}
+
+// resyncRate is the current resync ceiling: the floor while clients wrote
+// in the last interval, the ceiling otherwise (DRBD's c-min-rate idea:
+// resync yields to application I/O, but never below the floor).
+func (p *Primary) resyncRate() int64 {
+	writes := p.writes.Load()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	if now.Sub(p.rateSampleAt) > 100*time.Millisecond {
+		p.clientBusy = writes != p.rateSampleWrites
+		p.rateSampleAt, p.rateSampleWrites = now, writes
+	}
+	if p.clientBusy && p.cfg.ResyncMinBytesPerSecond > 0 {
+		return p.cfg.ResyncMinBytesPerSecond
+	}
+	return p.cfg.ResyncMaxBytesPerSecond
+}
+
+// rateLimiter paces bytes to a rate (0: unlimited).
+type rateLimiter struct {
+	start time.Time
+	sent  int64
+	rate  int64
+}
+
+func newRateLimiter() *rateLimiter { return &rateLimiter{start: time.Now()} }
+
+func (r *rateLimiter) wait(n, bytesPerSecond int64) {
+	if bytesPerSecond != r.rate {
+		r.start, r.sent, r.rate = time.Now(), 0, bytesPerSecond
+	}
+	r.sent += n
+	if bytesPerSecond <= 0 {
+		return
+	}
+	due := r.start.Add(time.Duration(float64(r.sent) / float64(bytesPerSecond) * float64(time.Second)))
+	if d := time.Until(due); d > 0 {
+		time.Sleep(d)
+	}
+}
