@@ -60,6 +60,9 @@ type ClusterConfig struct {
 	TokenMs     int64         `json:"token_ms"`
 	Nodes       []NodeConfig  `json:"nodes"`
 	Quorum      QuorumOptions `json:"quorum"`
+	// Volumes are the replicated volumes (node/volume_config.go).
+	Volumes      []VolumeConfig `json:"volumes,omitempty"`
+	LastVolumeID uint64         `json:"last_volume_id,omitempty"`
 }
 
 // Identity is this node's own record.
@@ -168,7 +171,7 @@ func (c *ClusterConfig) Validate() error {
 	if total == 0 {
 		return fmt.Errorf("no node has a vote")
 	}
-	return nil
+	return c.validateVolumes()
 }
 
 // sortedNodes returns the nodes ordered by id.
