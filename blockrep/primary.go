@@ -59,6 +59,9 @@ type PrimaryConfig struct {
 	// service.
 	Dial        func(ctx context.Context, peer NodeID) (net.Conn, error)
 	RegionBytes int64 // out-of-sync granularity; DefaultRegionBytes when 0
+	// WriteQuorum is how many replicas must accept a write (0: a
+	// majority, which is also the least allowed).
+	WriteQuorum int
 	PeerTimeout time.Duration
 	ReadLease   time.Duration
 	OnNoQuorum  OnNoQuorum
@@ -620,7 +623,7 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 			p.mu.Unlock()
 		}
 		p.mu.Lock()
-		acked := WriteAcked(p.cfg.Replicas, members, accepted) && p.gen.Epoch == e
+		acked := p.enough(members, accepted) && p.gen.Epoch == e
 		if acked {
 			p.lastAck = time.Now()
 		}
@@ -632,6 +635,12 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 			return err
 		}
 	}
+}
+
+// enough says whether a write (or flush) may be acknowledged: the epoch
+// rule (every member and a majority) and the configured write quorum.
+func (p *Primary) enough(members []NodeID, accepted map[NodeID]bool) bool {
+	return WriteAcked(p.cfg.Replicas, members, accepted) && len(keys(accepted)) >= p.cfg.WriteQuorum
 }
 
 // noQuorum applies on-no-quorum: io-error fails now, suspend waits and
@@ -720,7 +729,7 @@ func (p *Primary) Flush() error {
 			members = slices.Clone(p.members)
 			p.mu.Unlock()
 		}
-		if WriteAcked(p.cfg.Replicas, members, flushed) {
+		if p.enough(members, flushed) {
 			p.mu.Lock()
 			p.lastAck = time.Now()
 			p.mu.Unlock()

@@ -35,6 +35,7 @@ type Daemon struct {
 	status Status
 	conf   *confDriver
 	tokens *tokenStore
+	vols   *volumeManager
 }
 
 // Run starts the node of a data directory and runs until ctx ends.
@@ -75,7 +76,9 @@ func Run(ctx context.Context, dir DataDir, opts Options) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 4)
+	errc := make(chan error, 8)
+	d.vols = newVolumeManager(d)
+	go func() { errc <- d.vols.run(ctx) }()
 	go func() { errc <- d.hb.Run(ctx) }()
 	go func() { errc <- serveControl(ctx, dir.SocketPath(), d.controlHandler()) }()
 	go func() { errc <- d.servePeers(ctx, me.ClusterAddr) }()
@@ -183,6 +186,9 @@ func (d *Daemon) applyConfig(cfg *ClusterConfig) {
 	d.hb.SetConfigVersion(cfg.Version)
 	d.log.Info("configuration installed", "version", cfg.Version, "previous", old.Version, "nodes", len(cfg.Nodes))
 	d.evaluate()
+	if d.vols != nil {
+		d.vols.changed()
+	}
 }
 
 // servePeers serves the other nodes (configuration messages, mutual TLS)
@@ -191,6 +197,7 @@ func (d *Daemon) servePeers(ctx context.Context, addr string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /peer/v1/confchange", d.conf.peerHandler)
 	mux.HandleFunc("POST /join/v1", d.joinHandler)
+	mux.HandleFunc("GET /peer/v1/volumes/{id}", d.peerVolumeHandler)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("peer listener on %s: %w", addr, err)

@@ -23,6 +23,7 @@ type ExpectedReply struct {
 
 func (d *Daemon) controlHandler() http.Handler {
 	mux := http.NewServeMux()
+	d.volumeHandlers(mux) // node/volume_handlers.go
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		d.mu.Lock()
 		s := d.status

@@ -1,0 +1,381 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/paddock-io/paddock/blockrep"
+)
+
+// VolumeCreateRequest is the body of POST /v1/volumes.
+type VolumeCreateRequest struct {
+	Name        string   `json:"name"`
+	SizeBytes   int64    `json:"size_bytes"`
+	Replicas    int      `json:"replicas"`
+	Nodes       []string `json:"nodes,omitempty"` // names; chosen by the cluster when empty
+	WriteQuorum int      `json:"write_quorum,omitempty"`
+	OnNoQuorum  string   `json:"on_no_quorum,omitempty"`
+	RegionBytes int64    `json:"region_bytes,omitempty"`
+}
+
+// VolumePromoteRequest moves the primary role.
+type VolumePromoteRequest struct {
+	Node string `json:"node"`
+}
+
+// ReplicaReport is what one node says about its replica of a volume.
+type ReplicaReport struct {
+	Node       string                  `json:"node"`
+	NodeID     uint32                  `json:"node_id"`
+	Reachable  bool                    `json:"reachable"`
+	Error      string                  `json:"error,omitempty"`
+	Open       bool                    `json:"open"`
+	Voter      *blockrep.VoterState    `json:"voter,omitempty"`
+	Primary    *blockrep.PrimaryStatus `json:"primary,omitempty"`
+	PromoteErr string                  `json:"promote_error,omitempty"`
+}
+
+// ReplicaRow is one line of "volume status".
+type ReplicaRow struct {
+	Node           string `json:"node"`
+	Role           string `json:"role"`  // primary or secondary
+	State          string `json:"state"` // UpToDate, Outdated, Syncing, Diverged, Unknown
+	Epoch          uint64 `json:"epoch"`
+	Generation     string `json:"generation"`
+	OutOfSyncBytes int64  `json:"out_of_sync_bytes,omitempty"`
+	ResentBytes    int64  `json:"resent_bytes,omitempty"`
+	Detail         string `json:"detail,omitempty"`
+}
+
+// VolumeStatus is the reply of GET /v1/volumes/{name}.
+type VolumeStatus struct {
+	Volume   VolumeConfig    `json:"volume"`
+	Primary  string          `json:"primary"`
+	Replicas []ReplicaRow    `json:"replicas"`
+	Reports  []ReplicaReport `json:"reports"`
+}
+
+// VolumeListEntry is one line of "volume list".
+type VolumeListEntry struct {
+	Name      string   `json:"name"`
+	SizeBytes int64    `json:"size_bytes"`
+	Replicas  []string `json:"replicas"`
+	Primary   string   `json:"primary"`
+	URI       string   `json:"uri"`
+}
+
+const peerStatusTimeout = 3 * time.Second
+
+func (d *Daemon) volumeHandlers(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
+		var req VolumeCreateRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		cfg, err := d.conf.Propose(r.Context(), func(cur *ClusterConfig) (*ClusterConfig, error) {
+			return d.buildVolume(cur, req)
+		})
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		v, _ := cfg.Volume(req.Name)
+		writeJSONResponse(w, http.StatusOK, v)
+	})
+	mux.HandleFunc("GET /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
+		cfg := d.config()
+		out := []VolumeListEntry{}
+		for _, v := range cfg.Volumes {
+			e := VolumeListEntry{Name: v.Name, SizeBytes: v.SizeBytes}
+			for _, id := range v.Replicas {
+				n, _ := cfg.Node(id)
+				e.Replicas = append(e.Replicas, n.Name)
+			}
+			p, _ := cfg.Node(v.Primary)
+			e.Primary = p.Name
+			if me, ok := cfg.Node(d.loaded.Identity.ID); ok && me.StorageAddr != "" {
+				e.URI = "nbd://" + me.StorageAddr + "/" + v.Name
+			}
+			out = append(out, e)
+		}
+		writeJSONResponse(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /v1/volumes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		st, err := d.volumeStatus(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeError(w, http.StatusNotFound, err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/delete", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		_, err := d.conf.Propose(r.Context(), func(cur *ClusterConfig) (*ClusterConfig, error) {
+			if _, ok := cur.Volume(name); !ok {
+				return nil, fmt.Errorf("no volume named %q", name)
+			}
+			next := cloneConfig(cur)
+			next.Volumes = slices.DeleteFunc(next.Volumes, func(v VolumeConfig) bool { return v.Name == name })
+			return next, nil
+		})
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, map[string]string{"deleted": name})
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/promote", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		var req VolumePromoteRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		cfg, err := d.conf.Propose(r.Context(), func(cur *ClusterConfig) (*ClusterConfig, error) {
+			v, ok := cur.Volume(name)
+			if !ok {
+				return nil, fmt.Errorf("no volume named %q", name)
+			}
+			n, ok := cur.NodeByName(req.Node)
+			if !ok {
+				return nil, fmt.Errorf("no node named %q", req.Node)
+			}
+			if !slices.Contains(v.Replicas, n.ID) {
+				return nil, fmt.Errorf("node %q holds no replica of %q", req.Node, name)
+			}
+			next := cloneConfig(cur)
+			for i := range next.Volumes {
+				if next.Volumes[i].Name == name {
+					next.Volumes[i].Primary = n.ID
+				}
+			}
+			return next, nil
+		})
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		v, _ := cfg.Volume(name)
+		writeJSONResponse(w, http.StatusOK, v)
+	})
+}
+
+// buildVolume adds a volume to a configuration: it picks the nodes when
+// none are named (this node first, then those with the fewest replicas).
+func (d *Daemon) buildVolume(cur *ClusterConfig, req VolumeCreateRequest) (*ClusterConfig, error) {
+	if _, ok := cur.Volume(req.Name); ok {
+		return nil, fmt.Errorf("volume %q exists", req.Name)
+	}
+	count := req.Replicas
+	if count == 0 {
+		count = len(req.Nodes)
+	}
+	if len(req.Nodes) > 0 && len(req.Nodes) != count {
+		return nil, fmt.Errorf("%d replicas but %d nodes named", count, len(req.Nodes))
+	}
+	var ids []uint32
+	if len(req.Nodes) > 0 {
+		for _, name := range req.Nodes {
+			n, ok := cur.NodeByName(name)
+			if !ok {
+				return nil, fmt.Errorf("no node named %q", name)
+			}
+			ids = append(ids, n.ID)
+		}
+	} else {
+		load := map[uint32]int{}
+		for _, v := range cur.Volumes {
+			for _, id := range v.Replicas {
+				load[id]++
+			}
+		}
+		var cands []NodeConfig
+		for _, n := range cur.Nodes {
+			if n.StorageAddr != "" {
+				cands = append(cands, n)
+			}
+		}
+		self := d.loaded.Identity.ID
+		sort.SliceStable(cands, func(i, j int) bool {
+			a, b := cands[i], cands[j]
+			if (a.ID == self) != (b.ID == self) {
+				return a.ID == self
+			}
+			if load[a.ID] != load[b.ID] {
+				return load[a.ID] < load[b.ID]
+			}
+			return a.ID < b.ID
+		})
+		if count > len(cands) {
+			return nil, fmt.Errorf("%d replicas asked, but only %d nodes have a storage address", count, len(cands))
+		}
+		for _, n := range cands[:count] {
+			ids = append(ids, n.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, errors.New("a volume needs at least one replica")
+	}
+	next := cloneConfig(cur)
+	id := next.NextVolumeID()
+	next.LastVolumeID = id
+	next.Volumes = append(next.Volumes, VolumeConfig{Name: req.Name, ID: id, SizeBytes: req.SizeBytes, Replicas: ids,
+		WriteQuorum: req.WriteQuorum, OnNoQuorum: req.OnNoQuorum, Primary: ids[0], RegionBytes: req.RegionBytes})
+	if err := next.Validate(); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// localReport is this node's view of its replica of a volume.
+func (d *Daemon) localReport(id uint64) ReplicaReport {
+	me, _ := d.config().Node(d.loaded.Identity.ID)
+	rep := ReplicaReport{Node: me.Name, NodeID: me.ID, Reachable: true}
+	if d.vols == nil {
+		return rep
+	}
+	d.vols.mu.Lock()
+	defer d.vols.mu.Unlock()
+	for _, lv := range d.vols.vols {
+		if lv.cfg.ID != id {
+			continue
+		}
+		if lv.replica != nil {
+			v := lv.replica.Voter()
+			rep.Open, rep.Voter = true, &v
+		}
+		if lv.primary != nil {
+			st := lv.primary.Status()
+			rep.Primary = &st
+		}
+		rep.PromoteErr = lv.promoteErr
+	}
+	return rep
+}
+
+// peerVolumeHandler answers another node's question about a replica.
+func (d *Daemon) peerVolumeHandler(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		http.Error(w, "a cluster certificate is required", http.StatusUnauthorized)
+		return
+	}
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		http.Error(w, "bad volume id", http.StatusBadRequest)
+		return
+	}
+	writeJSONResponse(w, http.StatusOK, d.localReport(id))
+}
+
+// volumeStatus gathers every replica's report and derives each one's
+// role and state.
+func (d *Daemon) volumeStatus(ctx context.Context, name string) (VolumeStatus, error) {
+	cfg := d.config()
+	v, ok := cfg.Volume(name)
+	if !ok {
+		return VolumeStatus{}, fmt.Errorf("no volume named %q", name)
+	}
+	st := VolumeStatus{Volume: v}
+	if p, ok := cfg.Node(v.Primary); ok {
+		st.Primary = p.Name
+	}
+	reports := make([]ReplicaReport, len(v.Replicas))
+	var wg sync.WaitGroup
+	for i, id := range v.Replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reports[i] = d.fetchReport(ctx, cfg, id, v.ID)
+		}()
+	}
+	wg.Wait()
+	st.Reports = reports
+	var prim *blockrep.PrimaryStatus
+	var primNode uint32
+	for _, r := range reports {
+		if r.Primary != nil && r.Primary.Deposed == "" {
+			prim, primNode = r.Primary, r.NodeID
+		}
+	}
+	for _, r := range reports {
+		row := ReplicaRow{Node: r.Node, Role: "secondary", State: "Unknown"}
+		if r.Voter != nil {
+			row.Epoch, row.Generation = uint64(r.Voter.Promised), r.Voter.Gen.String()
+		}
+		switch {
+		case !r.Reachable:
+			row.State, row.Detail = "Unknown", r.Error
+		case prim != nil && r.NodeID == primNode:
+			row.Role, row.State = "primary", "UpToDate"
+		case prim != nil:
+			row.State = "Outdated"
+			for _, ps := range prim.Peers {
+				if uint32(ps.Node) != r.NodeID {
+					continue
+				}
+				row.OutOfSyncBytes, row.ResentBytes = ps.OutOfSyncBytes, ps.ResentBytes
+				switch {
+				case ps.State == blockrep.PeerMember && ps.OutOfSyncBytes == 0:
+					row.State = "UpToDate"
+				case ps.State == blockrep.PeerMember || ps.State == blockrep.PeerSyncing:
+					row.State = "Syncing"
+					if ps.CompareDigests {
+						row.Detail = "comparing digests"
+					}
+				}
+			}
+		default:
+			// No primary serving: judge by the generations.
+			row.State = "Outdated"
+			if r.Voter != nil && slices.Contains(r.Voter.Members, blockrep.NodeID(r.NodeID)) {
+				row.State = "UpToDate"
+			}
+			if r.NodeID == v.Primary && r.PromoteErr != "" {
+				row.Detail = "promotion: " + r.PromoteErr
+			}
+		}
+		st.Replicas = append(st.Replicas, row)
+	}
+	return st, nil
+}
+
+func (d *Daemon) fetchReport(ctx context.Context, cfg *ClusterConfig, nodeID uint32, volID uint64) ReplicaReport {
+	n, _ := cfg.Node(nodeID)
+	if nodeID == d.loaded.Identity.ID {
+		return d.localReport(volID)
+	}
+	rep := ReplicaReport{Node: n.Name, NodeID: nodeID}
+	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", "https://"+n.ClusterAddr+"/peer/v1/volumes/"+strconv.FormatUint(volID, 10), nil)
+	if err != nil {
+		rep.Error = err.Error()
+		return rep
+	}
+	resp, err := d.conf.client.Do(req)
+	if err != nil {
+		rep.Error = "unreachable: " + err.Error()
+		return rep
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		rep.Error = fmt.Sprintf("status %s", resp.Status)
+		return rep
+	}
+	if err := json.Unmarshal(body, &rep); err != nil {
+		rep.Error = err.Error()
+	}
+	rep.Node, rep.NodeID = n.Name, nodeID
+	return rep
+}

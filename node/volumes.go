@@ -1,0 +1,487 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/paddock-io/paddock/blockrep"
+	"github.com/paddock-io/paddock/nbd"
+)
+
+// Timeouts of the volume service.
+const (
+	// routeWaitMs is how long a client request waits for the volume to
+	// have a primary (one being promoted, or the configuration still
+	// travelling) before it fails with EIO.
+	routeWaitMs = 15000
+	// reconcileMs is how often the node re-checks its volumes (retrying
+	// a promotion that failed, for one).
+	reconcileMs = 1000
+	// forwardDialMs bounds connecting to the primary's NBD service.
+	forwardDialMs = 3000
+)
+
+// volumeManager runs this node's part of every volume: its replica, the
+// primary role when the configuration gives it, and the NBD export that
+// serves the volume here (from the local primary, or forwarded to the
+// primary's node).
+type volumeManager struct {
+	d   *Daemon
+	log *slog.Logger
+	dir string
+
+	mu   sync.Mutex
+	vols map[string]*localVolume
+	wake chan struct{}
+
+	nbd *nbd.Server
+	rep *blockrep.Server
+}
+
+type localVolume struct {
+	cfg        VolumeConfig
+	replica    *blockrep.Replica
+	primary    *blockrep.Primary
+	promoting  bool
+	promoteErr string
+	fwd        *nbd.Client
+	fwdTo      uint32
+}
+
+func newVolumeManager(d *Daemon) *volumeManager {
+	m := &volumeManager{d: d, log: d.log.With("part", "volumes"), dir: filepath.Join(d.dir.Path, "volumes"),
+		vols: map[string]*localVolume{}, wake: make(chan struct{}, 1)}
+	m.rep = &blockrep.Server{Self: blockrep.NodeID(d.loaded.Identity.ID), Lookup: m.lookupReplica, Logger: m.log}
+	return m
+}
+
+// run serves NBD and replication on the storage address and keeps the
+// volumes in line with the configuration until ctx ends.
+func (m *volumeManager) run(ctx context.Context) error {
+	me, _ := m.d.config().Node(m.d.loaded.Identity.ID)
+	if me.StorageAddr == "" {
+		m.log.Info("no storage address: this node serves no volumes")
+		return nil
+	}
+	var err error
+	m.nbd, err = nbd.NewServer(nbd.Config{Exports: m, Logger: m.log})
+	if err != nil {
+		return err
+	}
+	nln, err := net.Listen("tcp", me.StorageAddr)
+	if err != nil {
+		return fmt.Errorf("NBD listener on the storage address %s: %w", me.StorageAddr, err)
+	}
+	raddr, err := replicationAddr(me)
+	if err != nil {
+		return err
+	}
+	rln, err := net.Listen("tcp", raddr)
+	if err != nil {
+		nln.Close()
+		return fmt.Errorf("replication listener on %s (storage port + 1): %w", raddr, err)
+	}
+	go m.nbd.Serve(nln)
+	go m.serveReplication(ctx, rln)
+	m.log.Info("serving volumes", "nbd", me.StorageAddr, "replication", raddr)
+	t := time.NewTicker(reconcileMs * time.Millisecond)
+	defer t.Stop()
+	for {
+		m.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			rln.Close()
+			m.nbd.Close()
+			m.closeAll()
+			return nil
+		case <-t.C:
+		case <-m.wake:
+		}
+	}
+}
+
+// changed asks for a reconcile soon (a new configuration).
+func (m *volumeManager) changed() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (m *volumeManager) replicaDir(v VolumeConfig) string {
+	return filepath.Join(m.dir, strconv.FormatUint(v.ID, 10))
+}
+
+// reconcile opens, promotes, demotes and removes to match the
+// configuration.
+func (m *volumeManager) reconcile(ctx context.Context) {
+	cfg := m.d.config()
+	self := m.d.loaded.Identity.ID
+	quorate := m.d.quorate()
+	want := map[string]VolumeConfig{}
+	for _, v := range cfg.Volumes {
+		want[v.Name] = v
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name, lv := range m.vols {
+		if v, ok := want[name]; !ok || v.ID != lv.cfg.ID {
+			m.log.Info("volume removed from the configuration; deleting this node's replica", "volume", name)
+			m.closeVolume(lv)
+			if lv.replica != nil {
+				os.RemoveAll(m.replicaDir(lv.cfg))
+			}
+			delete(m.vols, name)
+		}
+	}
+	for _, v := range cfg.Volumes {
+		lv := m.vols[v.Name]
+		if lv == nil {
+			lv = &localVolume{cfg: v}
+			m.vols[v.Name] = lv
+		}
+		lv.cfg = v
+		holds := slices.Contains(v.Replicas, self)
+		if holds && lv.replica == nil {
+			r, err := blockrep.OpenReplica(m.replicaDir(v), blockrep.ReplicaOptions{
+				Self: blockrep.NodeID(self), VolumeID: v.ID, SizeBytes: v.SizeBytes, Members: replicaIDs(v)})
+			if err != nil {
+				m.log.Error("cannot open this node's replica", "volume", v.Name, "err", err)
+				continue
+			}
+			lv.replica = r
+		}
+		if lv.fwd != nil && lv.fwdTo != v.Primary {
+			lv.fwd.Close()
+			lv.fwd = nil
+		}
+		switch {
+		case v.Primary != self && lv.primary != nil:
+			m.log.Info("primary role moved to another node; stepping down", "volume", v.Name, "to", v.Primary)
+			lv.primary.Close()
+			lv.primary = nil
+		case v.Primary == self && lv.primary != nil && lv.primary.Deposed() != nil:
+			// A newer epoch exists (another node promoted by hand
+			// or a fence): try again, with a higher epoch.
+			lv.primary.Close()
+			lv.primary = nil
+		case v.Primary == self && lv.primary == nil && !lv.promoting && lv.replica != nil:
+			if !quorate {
+				lv.promoteErr = "this node's partition is not quorate: it does not promote"
+				continue
+			}
+			lv.promoting = true
+			go m.promote(ctx, v)
+		}
+	}
+}
+
+func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
+	m.mu.Lock()
+	lv := m.vols[v.Name]
+	r := lv.replica
+	m.mu.Unlock()
+	p, err := blockrep.Promote(ctx, blockrep.PrimaryConfig{
+		Self: blockrep.NodeID(m.d.loaded.Identity.ID), VolumeID: v.ID, Replicas: replicaIDs(v), Local: r,
+		Dial: m.dialPeer, RegionBytes: v.RegionBytes, OnNoQuorum: blockrep.OnNoQuorum(v.OnNoQuorum),
+		WriteQuorum: v.WriteQuorum, Logger: m.log.With("volume_name", v.Name),
+	})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lv.promoting = false
+	if err != nil {
+		lv.promoteErr = err.Error()
+		m.log.Warn("promotion failed; retrying", "volume", v.Name, "err", err)
+		return
+	}
+	cur, ok := m.vols[v.Name]
+	if !ok || cur != lv || lv.cfg.Primary != m.d.loaded.Identity.ID {
+		p.Close()
+		return
+	}
+	lv.primary, lv.promoteErr = p, ""
+}
+
+func (m *volumeManager) closeVolume(lv *localVolume) {
+	if lv.primary != nil {
+		lv.primary.Close()
+		lv.primary = nil
+	}
+	if lv.fwd != nil {
+		lv.fwd.Close()
+		lv.fwd = nil
+	}
+	if lv.replica != nil {
+		lv.replica.Close()
+	}
+}
+
+func (m *volumeManager) closeAll() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, lv := range m.vols {
+		m.closeVolume(lv)
+	}
+}
+
+func (m *volumeManager) lookupReplica(id uint64) *blockrep.Replica {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, lv := range m.vols {
+		if lv.cfg.ID == id {
+			return lv.replica
+		}
+	}
+	return nil
+}
+
+// serveReplication accepts peers on the replication address: mutual TLS
+// with the cluster CA, the certificate's name says which node it is.
+func (m *volumeManager) serveReplication(ctx context.Context, ln net.Listener) {
+	tcfg := m.d.loaded.PKI.ServerTLS(true)
+	for {
+		raw, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			conn := tls.Server(raw, tcfg)
+			hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := conn.HandshakeContext(hctx)
+			cancel()
+			if err != nil {
+				m.log.Warn("replication connection refused", "remote", raw.RemoteAddr(), "err", err)
+				raw.Close()
+				return
+			}
+			name := conn.ConnectionState().VerifiedChains[0][0].Subject.CommonName
+			n, ok := m.d.config().NodeByName(name)
+			if !ok {
+				m.log.Warn("replication connection from a node not in the configuration", "name", name)
+				conn.Close()
+				return
+			}
+			m.rep.ServeConn(ctx, conn, blockrep.NodeID(n.ID))
+		}()
+	}
+}
+
+// dialPeer connects to a peer's replication service and checks that the
+// certificate on the other end is that node's.
+func (m *volumeManager) dialPeer(ctx context.Context, peer blockrep.NodeID) (net.Conn, error) {
+	n, ok := m.d.config().Node(uint32(peer))
+	if !ok {
+		return nil, fmt.Errorf("node %d is not in the configuration", peer)
+	}
+	addr, err := replicationAddr(n)
+	if err != nil {
+		return nil, err
+	}
+	pki := m.d.loaded.PKI
+	roots := x509.NewCertPool()
+	roots.AddCert(pki.CACert)
+	tcfg := &tls.Config{
+		Certificates: []tls.Certificate{pki.NodeCert}, MinVersion: tls.VersionTLS13,
+		// The storage address need not be in the certificate (it
+		// names the cluster address): verify the chain and the node
+		// name instead of the host.
+		InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return errors.New("no certificate")
+			}
+			leaf, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+				return err
+			}
+			if leaf.Subject.CommonName != n.Name {
+				return fmt.Errorf("certificate of %q where node %q was expected", leaf.Subject.CommonName, n.Name)
+			}
+			return nil
+		},
+	}
+	d := tls.Dialer{Config: tcfg}
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// Lookup implements nbd.Exports: every volume of the cluster is served
+// on every node.
+func (m *volumeManager) Lookup(name string) (*nbd.Export, bool) {
+	v, ok := m.d.config().Volume(name)
+	if !ok {
+		return nil, false
+	}
+	return &nbd.Export{Name: v.Name, Description: fmt.Sprintf("paddock volume %s (%d replicas)", v.Name, len(v.Replicas)),
+		Backend: &volumeBackend{m: m, name: v.Name, size: v.SizeBytes}}, true
+}
+
+// Names implements nbd.Exports.
+func (m *volumeManager) Names() []string {
+	var out []string
+	for _, v := range m.d.config().Volumes {
+		out = append(out, v.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// route finds where a volume's I/O goes: the local primary, or a client
+// of the primary's node. It waits (bounded) while there is neither.
+func (m *volumeManager) route(name string) (*blockrep.Primary, *nbd.Client, error) {
+	deadline := time.Now().Add(routeWaitMs * time.Millisecond)
+	for {
+		p, c, err, retry := m.tryRoute(name)
+		if !retry || time.Now().After(deadline) {
+			if err != nil {
+				err = fmt.Errorf("%w: volume %s: %v", syscall.EIO, name, err)
+			}
+			return p, c, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (m *volumeManager) tryRoute(name string) (*blockrep.Primary, *nbd.Client, error, bool) {
+	self := m.d.loaded.Identity.ID
+	m.mu.Lock()
+	lv := m.vols[name]
+	if lv == nil {
+		m.mu.Unlock()
+		return nil, nil, errors.New("not open on this node yet"), true
+	}
+	if lv.cfg.Primary == self {
+		p, why := lv.primary, lv.promoteErr
+		m.mu.Unlock()
+		if p == nil {
+			if why == "" {
+				why = "being promoted"
+			}
+			return nil, nil, errors.New(why), true
+		}
+		return p, nil, nil, false
+	}
+	if lv.fwd != nil {
+		c := lv.fwd
+		m.mu.Unlock()
+		return nil, c, nil, false
+	}
+	target := lv.cfg.Primary
+	m.mu.Unlock()
+	n, ok := m.d.config().Node(target)
+	if !ok {
+		return nil, nil, fmt.Errorf("primary node %d is not in the configuration", target), true
+	}
+	c, err := nbd.Dial("tcp", n.StorageAddr, nbd.ClientOptions{Export: name, Timeout: forwardDialMs * time.Millisecond})
+	if err != nil {
+		return nil, nil, fmt.Errorf("forwarding to the primary %s (%s): %v", n.Name, n.StorageAddr, err), true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if lv.fwd != nil || lv.cfg.Primary != target {
+		c.Close()
+		return nil, nil, errors.New("route changed"), true
+	}
+	lv.fwd, lv.fwdTo = c, target
+	return nil, c, nil, false
+}
+
+// dropForward forgets a forwarding client that failed, so the next
+// request reconnects (perhaps to a new primary).
+func (m *volumeManager) dropForward(name string, c *nbd.Client) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if lv := m.vols[name]; lv != nil && lv.fwd == c {
+		lv.fwd = nil
+		c.Close()
+	}
+}
+
+// volumeBackend is one volume's NBD backend on this node.
+type volumeBackend struct {
+	m    *volumeManager
+	name string
+	size int64
+}
+
+func (b *volumeBackend) Size() int64 { return b.size }
+
+func (b *volumeBackend) Features() nbd.Features {
+	return nbd.Features{CanTrim: true, CanZero: true, CanMultiConn: true}
+}
+
+func (b *volumeBackend) Cache(off, length int64) error { return nil }
+
+// do runs one request locally or forwarded; a forwarded request that
+// fails on the connection (not with an NBD error) is retried once on a
+// fresh route: the primary may have moved.
+func (b *volumeBackend) do(local func(*blockrep.Primary) error, remote func(*nbd.Client) error) error {
+	for attempt := 0; ; attempt++ {
+		p, c, err := b.m.route(b.name)
+		if err != nil {
+			return err
+		}
+		if p != nil {
+			return local(p)
+		}
+		err = remote(c)
+		var ne *nbd.Error
+		if errors.As(err, &ne) {
+			return syscall.Errno(ne.Errno)
+		}
+		if err == nil || attempt == 1 {
+			if err != nil {
+				err = fmt.Errorf("%w: forwarding: %v", syscall.EIO, err)
+			}
+			return err
+		}
+		b.m.dropForward(b.name, c)
+	}
+}
+
+func fuaFlag(fua bool) uint16 {
+	if fua {
+		return nbd.CmdFlagFUA
+	}
+	return 0
+}
+
+func (b *volumeBackend) ReadAt(p []byte, off int64) error {
+	return b.do(func(pr *blockrep.Primary) error { return pr.ReadAt(p, off) },
+		func(c *nbd.Client) error { return c.ReadAt(p, off) })
+}
+
+func (b *volumeBackend) WriteAt(p []byte, off int64, fua bool) error {
+	return b.do(func(pr *blockrep.Primary) error { return pr.WriteAt(p, off, fua) },
+		func(c *nbd.Client) error { return c.WriteAt(p, off, fuaFlag(fua)) })
+}
+
+func (b *volumeBackend) Flush() error {
+	return b.do(func(pr *blockrep.Primary) error { return pr.Flush() },
+		func(c *nbd.Client) error { return c.Flush() })
+}
+
+func (b *volumeBackend) Trim(off, length int64, fua bool) error {
+	return b.do(func(pr *blockrep.Primary) error { return pr.Trim(off, length, fua) },
+		func(c *nbd.Client) error { return c.Trim(off, length, fuaFlag(fua)) })
+}
+
+func (b *volumeBackend) Zero(off, length int64, noHole, fast, fua bool) error {
+	return b.do(func(pr *blockrep.Primary) error { return pr.Zero(off, length, noHole, fast, fua) },
+		func(c *nbd.Client) error { return c.Zero(off, length, fuaFlag(fua)) })
+}
