@@ -85,16 +85,17 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 }
 
 // SetView gives the node's current membership (sorted ids, itself
-// included) and configuration. A new membership drops the grant at once
-// (it was for the old one; the witness relies on this) and is reported
-// right away.
+// included) and configuration; a new one is reported right away. A grant
+// for the old membership is kept until its lease ends (Grant), so that
+// the node may hold its old view while the witness answers for the new
+// one; it never counts for the new view.
 func (c *Client) SetView(members []quorum.NodeID, configVersion uint64, cfg quorum.Config) {
 	members = sortedIDs(members)
 	c.mu.Lock()
 	changed := !slices.Equal(members, c.view) || configVersion != c.configVersion
 	if changed {
 		if !slices.Equal(members, c.view) {
-			c.answered, c.vote, c.voteUntilMs, c.reason = false, nil, 0, ""
+			c.answered, c.reason = false, ""
 		}
 		c.view, c.configVersion, c.config = members, configVersion, cfg
 	}
@@ -108,14 +109,26 @@ func (c *Client) SetView(members []quorum.NodeID, configVersion uint64, cfg quor
 }
 
 // Answer says whether the witness answered for the current view, and the
-// membership it grants its vote for (nil: no vote, or the lease ran out).
+// membership it grants its vote for: the current view, or nil (no vote,
+// or the lease ran out).
 func (c *Client) Answer(nowMs int64) (answered bool, vote []quorum.NodeID) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.vote != nil && nowMs < c.voteUntilMs {
+	if c.vote != nil && nowMs < c.voteUntilMs && slices.Equal(c.vote, c.view) {
 		vote = slices.Clone(c.vote)
 	}
 	return c.answered, vote
+}
+
+// Grant is the membership the witness last granted its vote for, whatever
+// the current view, while its lease runs.
+func (c *Client) Grant(nowMs int64) []quorum.NodeID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.vote != nil && nowMs < c.voteUntilMs {
+		return slices.Clone(c.vote)
+	}
+	return nil
 }
 
 // ClientStatus is the client's state for "paddock status".
@@ -135,7 +148,7 @@ func (c *Client) Status(nowMs int64) ClientStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := ClientStatus{Addr: c.cfg.Addr, Connected: c.connected, Reason: c.reason, LastError: c.lastErr}
-	if c.vote != nil && nowMs < c.voteUntilMs {
+	if c.vote != nil && nowMs < c.voteUntilMs && slices.Equal(c.vote, c.view) {
 		s.Vote, s.LeaseLeftMs = true, c.voteUntilMs-nowMs
 	}
 	return s
@@ -271,6 +284,9 @@ func (c *Client) accept(v *Verdict) {
 	until := sent.atMs + min(v.LeaseMs, c.cfg.LeaseMs)
 	if c.vote == nil {
 		c.cfg.Log.Info("witness vote granted", "membership", fmt.Sprint(v.Membership), "reason", v.Reason)
+	}
+	if !slices.Equal(c.vote, v.Membership) {
+		c.voteUntilMs = 0
 	}
 	c.vote = slices.Clone(v.Membership)
 	if until > c.voteUntilMs {

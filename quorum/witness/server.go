@@ -47,9 +47,9 @@ const (
 //   - No grant while a node outside the winning partition may still hold
 //     an unexpired lease for a disjoint membership: the witness waits for
 //     that lease to run out (it could otherwise make two disjoint
-//     partitions quorate at once, e.g. with lms votes). A node that
-//     reported another membership since has dropped its grant (the client
-//     drops a grant as soon as its view changes) and does not count.
+//     partitions quorate at once, e.g. with lms votes). A node keeps its
+//     grant for the old view while its daemon holds a membership change
+//     back, so a newer report does not end a lease; only time does.
 //   - After a restart, no grant for MaxLeaseMs (persisted): leases of the
 //     previous life are unknown.
 //   - While the reports disagree (Decision.Unstable) nothing is answered:
@@ -68,6 +68,7 @@ type Server struct {
 	leases       map[quorum.NodeID]lease
 	quietUntilMs int64
 	retry        *time.Timer
+	closed       bool // Serve is over: no more decisions or writes
 }
 
 type lease struct {
@@ -128,10 +129,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("witness started", "listen", ln.Addr().String(), "cluster", s.dir.Identity.ClusterName,
 		"cluster_id", s.dir.Identity.ClusterID, "config_version", s.state.ConfigVersion,
 		"active", fmt.Sprint(s.state.Active), "quiet_ms", s.quietUntilMs)
-	go func() {
-		<-ctx.Done()
+	var wg sync.WaitGroup
+	shutdown := func() {
 		ln.Close()
 		s.mu.Lock()
+		s.closed = true
 		for _, c := range s.clients {
 			c.close()
 		}
@@ -139,6 +141,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.retry.Stop()
 		}
 		s.mu.Unlock()
+	}
+	stop := context.AfterFunc(ctx, shutdown)
+	defer func() {
+		stop()
+		shutdown()
+		wg.Wait()
 	}()
 	cfg := ServerTLS(s.dir.CA, s.dir.Cert)
 	for {
@@ -164,7 +172,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			raw.Close()
 			continue
 		}
+		wg.Add(1)
 		go func() {
+			defer wg.Done()
 			defer func() {
 				s.mu.Lock()
 				s.conns--
@@ -211,6 +221,10 @@ func (s *Server) serveConn(tc *tls.Conn) error {
 	tc.SetDeadline(time.Time{})
 	c := &serverConn{id: h.NodeID, name: name, incarnation: h.Incarnation, tc: tc, out: make(chan *Envelope, sendQueue)}
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("the witness is stopping")
+	}
 	if old := s.clients[c.id]; old != nil {
 		// The newer connection wins: a restarted node, or one whose old
 		// connection is half open. Its reports start afresh.
@@ -265,6 +279,9 @@ func (s *Server) serveConn(tc *tls.Conn) error {
 func (s *Server) handleReport(c *serverConn, r *Report) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("the witness is stopping")
+	}
 	if s.clients[c.id] != c {
 		return errors.New("replaced by a newer connection of the same node")
 	}
@@ -304,6 +321,9 @@ func nodeByID(cfg quorum.Config, id quorum.NodeID) (quorum.Node, bool) {
 // verdicts: to asker always (the answer to its report), to the others
 // when theirs changed. s.mu is held.
 func (s *Server) decideLocked(asker *serverConn) {
+	if s.closed {
+		return
+	}
 	now := s.nowMs()
 	var fresh []*serverConn
 	var clients []quorum.WitnessClient
@@ -404,9 +424,6 @@ func (s *Server) grantBlockedLocked(now int64, d quorum.Decision) (int64, string
 		}
 		if d.Grants(id) || sharesAny(l.membership, d.Winner) {
 			continue
-		}
-		if c := s.clients[id]; c != nil && c.report != nil && !slices.Equal(c.report.Membership, l.membership) {
-			continue // it reported another view since: it dropped the grant
 		}
 		if w := l.untilMs - now; w > wait {
 			wait = w
