@@ -108,7 +108,7 @@ func TestLeaseSurvivorWaitsOutVictim(t *testing.T) {
 		// enough to stay under StallMs on its clock), and stalls.
 		maxTickUs := cfg.StallMs * 1000 * (ppm - rho) / ppm / 2
 		nowUs := int64(0)
-		lastHeardUs := int64(0) // real time the membership last took in a counting heartbeat
+		lastHeardUs := int64(0)       // real time the membership last took in a counting heartbeat
 		l.Observe(victim.ms(0), true) // running, and hearing the others, from the start
 		endUs := lostAtUs + 20*(cfg.TokenTimeoutMs+cfg.LeaseMs+cfg.MaxMessageDelayMs+cfg.StallMs)*1000
 		for steps := 0; nowUs < endUs && steps < 2000; steps++ {
