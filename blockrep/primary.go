@@ -44,6 +44,9 @@ const (
 	// resyncChunkBytes is the most one resync message carries;
 	// resyncWindow the messages in flight per peer.
 	resyncChunkBytes = 1 << 20
+	// maxStaleRetries bounds how often one write is resent because the
+	// generation moved under it.
+	maxStaleRetries = 8
 	resyncWindow     = 8
 )
 
@@ -104,6 +107,9 @@ type Primary struct {
 	epoch   Epoch
 	locks   rangeLocks
 	barrier sync.RWMutex // writes share it; a member change takes it whole
+	// genMu serializes generation changes: two writes that see the same
+	// replica fail must not both try to store the same next generation.
+	genMu sync.Mutex
 
 	mu       sync.Mutex
 	gen      Gen
@@ -386,8 +392,11 @@ func (p *Primary) storeGen(g Gen, members []NodeID) error {
 		return err
 	}
 	if ref != nil {
-		p.depose(ref)
-		return p.deposed
+		if ref.Promised > p.epoch {
+			p.depose(ref)
+			return p.Deposed()
+		}
+		return ref
 	}
 	stored[p.cfg.Self] = true
 	for _, a := range p.sendTo(&Message{Type: MsgStoreGen, Epoch: p.epoch, Gen: g, Members: members}, func(pe *peer) bool { return pe.state != PeerDown }) {
@@ -397,7 +406,7 @@ func (p *Primary) storeGen(g Gen, members []NodeID) error {
 		case MsgRefuse:
 			if a.Epoch > p.epoch {
 				p.depose(&Refusal{From: a.From, Promised: a.Epoch, Reason: string(a.Payload)})
-				return p.deposed
+				return p.Deposed()
 			}
 		}
 	}
@@ -429,6 +438,18 @@ func (p *Primary) depose(ref *Refusal) {
 	if p.deposed == nil {
 		p.deposed = fmt.Errorf("volume %d: this primary (epoch %d) was superseded: %w", p.cfg.VolumeID, p.epoch, ref)
 		p.log.Warn("deposed: a newer epoch exists; refusing all I/O", "epoch", p.epoch, "newer", ref.Promised)
+	}
+}
+
+// abandon stops this primary after a generation change that did not
+// commit: the replicas may disagree on the generation, which only a new
+// epoch settles. The node promotes itself again (a higher epoch).
+func (p *Primary) abandon(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.deposed == nil {
+		p.deposed = fmt.Errorf("volume %d: primary of epoch %d stepped down: %w", p.cfg.VolumeID, p.epoch, err)
+		p.log.Warn("stepping down; a new epoch is needed", "epoch", p.epoch, "err", err)
 	}
 }
 
@@ -516,6 +537,7 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 	defer unlock()
 	p.barrier.RLock()
 	defer p.barrier.RUnlock()
+	staleRetries := 0
 	for {
 		if err := p.Deposed(); err != nil {
 			return ioErr(err)
@@ -572,9 +594,15 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 				}
 			}()
 		}
+		// A refusal under this very epoch means the generation moved on
+		// while the write was on its way (a replica was dropped or
+		// joined): the write is simply sent again in the new one.
+		stale := false
 		ref, err := local(e, g, false)
-		if ref != nil {
+		if ref != nil && ref.Promised > e {
 			p.depose(ref)
+		} else if ref != nil {
+			stale = true
 		} else if err != nil {
 			// The local disk failed: the data is not here, so this
 			// node cannot stay primary (the others hold it).
@@ -592,6 +620,8 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 				accepted[r.id] = true
 			case r.ref != nil && r.ref.Promised > e:
 				p.depose(r.ref)
+			case r.ref != nil && r.ref.Promised == e:
+				stale = true
 			default:
 				failed = append(failed, r.id)
 			}
@@ -621,6 +651,12 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 			p.mu.Lock()
 			members = slices.Clone(p.members)
 			p.mu.Unlock()
+		}
+		if stale {
+			if staleRetries++; staleRetries > maxStaleRetries {
+				p.abandon(errors.New("replicas keep refusing this primary's generation"))
+			}
+			continue
 		}
 		p.mu.Lock()
 		acked := p.enough(members, accepted) && p.gen.Epoch == e
@@ -660,6 +696,8 @@ func (p *Primary) noQuorum(why string) error {
 // dropMembers takes unreachable replicas out of the generation so writes
 // can go on with the others (they resync when they return).
 func (p *Primary) dropMembers(ids []NodeID) error {
+	p.genMu.Lock()
+	defer p.genMu.Unlock()
 	p.mu.Lock()
 	next := slices.DeleteFunc(slices.Clone(p.members), func(id NodeID) bool { return slices.Contains(ids, id) })
 	if len(next) == len(p.members) {
@@ -669,6 +707,7 @@ func (p *Primary) dropMembers(ids []NodeID) error {
 	g := Gen{Epoch: p.epoch, Seq: p.gen.Seq + 1}
 	p.mu.Unlock()
 	if err := p.storeGen(g, next); err != nil {
+		p.abandon(fmt.Errorf("dropping %v: %w", ids, err))
 		return err
 	}
 	p.log.Warn("replicas left the generation; they will resync", "dropped", fmt.Sprint(ids), "generation", g, "members", fmt.Sprint(next))

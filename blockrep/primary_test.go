@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -187,21 +188,47 @@ func waitSynced(t *testing.T, p *Primary, want int) PrimaryStatus {
 	}
 }
 
+// randomWrites writes count random blocks from 8 writers at once (as a
+// client with a queue depth does); the blocks do not overlap so the
+// result does not depend on their order.
 func randomWrites(t *testing.T, p *Primary, rng *rand.Rand, count int, blockBytes int64) int64 {
 	t.Helper()
-	buf := make([]byte, blockBytes)
-	var written int64
-	for i := 0; i < count; i++ {
-		for j := range buf {
-			buf[j] = byte(rng.Uint32())
-		}
-		off := rng.Int64N(p.Size()/blockBytes) * blockBytes
-		if err := p.WriteAt(buf, off, false); err != nil {
-			t.Fatalf("write %d at %d: %v", i, off, err)
-		}
-		written += blockBytes
+	blocks := p.Size() / blockBytes
+	offs := rng.Perm(int(blocks))[:count]
+	seeds := make([]uint64, count)
+	for i := range seeds {
+		seeds[i] = rng.Uint64()
 	}
-	return written
+	var wg sync.WaitGroup
+	errs := make(chan error, count)
+	next := make(chan int, count)
+	for i := range offs {
+		next <- i
+	}
+	close(next)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, blockBytes)
+			for i := range next {
+				r := rand.New(rand.NewPCG(seeds[i], 0))
+				for j := range buf {
+					buf[j] = byte(r.Uint32())
+				}
+				off := int64(offs[i]) * blockBytes
+				if err := p.WriteAt(buf, off, false); err != nil {
+					errs <- fmt.Errorf("write %d at %d: %w", i, off, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	return int64(count) * blockBytes
 }
 
 func TestPrimaryMirrorsAndResyncsOnlyWhatWasMissed(t *testing.T) {

@@ -128,6 +128,7 @@ func (p *Primary) resync(pe *peer) error {
 		// Join: with client writes held, check that nothing new was
 		// missed and store the generation with the peer in it.
 		p.barrier.Lock()
+		p.genMu.Lock()
 		p.mu.Lock()
 		left := pe.missed.Count()
 		alive := pe.link == l && l.alive()
@@ -135,15 +136,20 @@ func (p *Primary) resync(pe *peer) error {
 		g := Gen{Epoch: p.epoch, Seq: p.gen.Seq + 1}
 		p.mu.Unlock()
 		if !alive {
+			p.genMu.Unlock()
 			p.barrier.Unlock()
 			return fmt.Errorf("link lost")
 		}
 		if left > 0 {
+			p.genMu.Unlock()
 			p.barrier.Unlock()
 			continue
 		}
 		slices.Sort(members)
 		err := p.storeGen(g, members)
+		if err != nil {
+			p.abandon(fmt.Errorf("adding node %d: %w", pe.id, err))
+		}
 		if err == nil {
 			p.mu.Lock()
 			pe.state = PeerMember
@@ -152,6 +158,7 @@ func (p *Primary) resync(pe *peer) error {
 			p.log.Info("replica caught up and rejoined the generation", "replica", pe.id, "generation", g,
 				"resent_bytes", pe.resentBytes.Load(), "took", took.Round(time.Millisecond))
 		}
+		p.genMu.Unlock()
 		p.barrier.Unlock()
 		return err
 	}
