@@ -47,7 +47,7 @@ const (
 	// maxStaleRetries bounds how often one write is resent because the
 	// generation moved under it.
 	maxStaleRetries = 8
-	resyncWindow     = 8
+	resyncWindow    = 8
 )
 
 // PrimaryConfig describes the primary of one volume on this node.
