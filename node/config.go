@@ -46,10 +46,25 @@ type QuorumOptions struct {
 	Witness                 *Witness `json:"witness,omitempty"`
 }
 
-// Witness is the tie-breaker vote (qdevice-like).
+// Witness is the tie-breaker vote: "paddock witness" on a third machine
+// (corosync's qdevice with qnetd).
 type Witness struct {
-	Addr      string `json:"addr"`
+	Addr      string `json:"addr"`                // the witness's static IP:PORT
 	Algorithm string `json:"algorithm,omitempty"` // ffsplit (default) or lms
+}
+
+// validate checks what the quorum rules do not: the address.
+func (w *Witness) validate() error {
+	ap, err := netip.ParseAddrPort(w.Addr)
+	if err != nil || ap.Port() == 0 || ap.Addr().IsUnspecified() {
+		return fmt.Errorf("witness address %q: want a static IP:PORT", w.Addr)
+	}
+	switch w.Algorithm {
+	case "", "ffsplit", "lms":
+	default:
+		return fmt.Errorf("witness algorithm %q: use ffsplit or lms", w.Algorithm)
+	}
+	return nil
 }
 
 // ClusterConfig is the versioned configuration copied to every node.

@@ -36,6 +36,7 @@ type Daemon struct {
 	conf   *confDriver
 	tokens *tokenStore
 	vols   *volumeManager
+	wit    *witnessLink // the witness client, while the configuration has a witness
 }
 
 // Run starts the node of a data directory and runs until ctx ends.
@@ -77,6 +78,7 @@ func Run(ctx context.Context, dir DataDir, opts Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 8)
+	d.wit = newWitnessLink(ctx, d, inc)
 	d.vols = newVolumeManager(d)
 	go func() { errc <- d.vols.run(ctx) }()
 	go func() { errc <- d.hb.Run(ctx) }()
@@ -129,14 +131,14 @@ func peersOf(cfg *ClusterConfig) []membership.Peer {
 // evaluate feeds the current membership to the quorum engine and logs what
 // changed.
 func (d *Daemon) evaluate() {
-	members := d.hb.MembersInfo()
+	members, witnessVote := d.wit.view(d.hb.NowMs(), d.hb.MembersInfo(), d.config())
 	ids := make([]uint32, len(members))
 	for i, m := range members {
 		ids[i] = uint32(m.ID)
 	}
 	d.mu.Lock()
 	before := d.status.Quorum
-	d.q.Update(d.hb.NowMs(), members)
+	d.q.UpdateWithWitness(d.hb.NowMs(), members, witnessVote)
 	after := d.q.View(ids)
 	d.status = d.buildStatus(after, ids)
 	flags, expected := d.q.LocalInfo()

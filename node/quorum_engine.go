@@ -40,11 +40,12 @@ func quorumConfig(cfg *ClusterConfig) (quorum.Config, error) {
 		}
 		qc.AutoTieBreakerNode = tb
 	}
-	if o.Witness != nil {
-		// The quorum rules know the witness; the daemon cannot reach
-		// one yet ("paddock witness" is still to come), and a witness
-		// that never votes must not be configured silently.
-		return qc, errors.New("a witness is not supported by the daemon yet")
+	if w := o.Witness; w != nil {
+		algo := quorum.WitnessAlgorithm(w.Algorithm)
+		if algo == "" {
+			algo = quorum.FFSplit
+		}
+		qc.Witness = &quorum.WitnessConfig{Algorithm: algo}
 	}
 	return qc, qc.Validate()
 }
@@ -83,9 +84,16 @@ func (q *quorumEngine) SetConfig(cfg *ClusterConfig, nowMs int64) error {
 	return err
 }
 
-// Update feeds the membership and what each member announced.
+// Update feeds the membership and what each member announced, without a
+// witness vote.
 func (q *quorumEngine) Update(nowMs int64, members []membership.MemberInfo) {
-	v := quorum.View{}
+	q.UpdateWithWitness(nowMs, members, nil)
+}
+
+// UpdateWithWitness is Update with the membership the witness grants its
+// vote for (nil: none).
+func (q *quorumEngine) UpdateWithWitness(nowMs int64, members []membership.MemberInfo, witnessVoteFor []quorum.NodeID) {
+	v := quorum.View{WitnessVoteFor: witnessVoteFor}
 	for _, mi := range members {
 		info := quorum.NodeInfo{}
 		if uint32(mi.ID) != q.self {
@@ -111,6 +119,7 @@ func (q *quorumEngine) View(members []uint32) QuorumView {
 		Quorum:          s.Quorum,
 		Flags:           s.Flags.Names(),
 		Members:         members,
+		Witness:         s.Witness,
 	}
 }
 

@@ -5,6 +5,9 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/paddock-io/paddock/quorum"
+	"github.com/paddock-io/paddock/quorum/witness"
 )
 
 // QuorumView is what the quorum engine says at one moment.
@@ -16,6 +19,9 @@ type QuorumView struct {
 	Quorum          uint32   `json:"quorum"`
 	Flags           []string `json:"flags"`
 	Members         []uint32 `json:"members"`
+	// Witness is the witness's votes and whether they count here now;
+	// nil without a witness.
+	Witness *quorum.WitnessStatus `json:"witness,omitempty"`
 }
 
 // NodeStatus is one configured node as this node sees it.
@@ -41,7 +47,9 @@ type Status struct {
 	Quorum        QuorumView   `json:"quorum"`
 	Membership    []NodeStatus `json:"membership"`
 	Heartbeats    HBStats      `json:"heartbeats"`
-	Time          time.Time    `json:"time"`
+	// Witness is this node's link to the witness; nil without one.
+	Witness *witness.ClientStatus `json:"witness,omitempty"`
+	Time    time.Time             `json:"time"`
 }
 
 // HBStats are heartbeat counters.
@@ -68,6 +76,7 @@ func (d *Daemon) buildStatus(v QuorumView, members []uint32) Status {
 		Nodes:         len(members),
 		TokenMs:       cfg.TokenMs,
 		Quorum:        v,
+		Witness:       d.wit.status(d.hb.NowMs()),
 		Time:          time.Now().UTC(),
 		Heartbeats: HBStats{
 			Sent:     d.hb.Stats.Sent.Load(),
@@ -120,6 +129,18 @@ func (s *Status) WriteText(w io.Writer) {
 			local = " (local)"
 		}
 		fmt.Fprintf(w, "0x%08x %10d %s%s\n", n.ID, n.Votes, n.Name, local)
+	}
+	if wt := s.Quorum.Witness; wt != nil {
+		// As corosync-quorumtool shows a quorum device: id 0, its votes
+		// when they count here, else 0 and the votes it would have.
+		if wt.Vote {
+			fmt.Fprintf(w, "0x%08x %10d Qdevice\n", 0, wt.Votes)
+		} else {
+			fmt.Fprintf(w, "0x%08x %10d Qdevice (votes %d)\n", 0, 0, wt.Votes)
+		}
+	}
+	if wl := s.Witness; wl != nil {
+		fmt.Fprintf(w, "\nWitness:          %s\n", wl.Text())
 	}
 	var away []string
 	for _, n := range s.Membership {

@@ -65,6 +65,9 @@ func newWitnessLink(ctx context.Context, d *Daemon, incarnation uint64) *witness
 // view takes the membership heard now and returns the membership and
 // witness vote to give the quorum engine.
 func (w *witnessLink) view(nowMs int64, members []membership.MemberInfo, cfg *ClusterConfig) ([]membership.MemberInfo, []quorum.NodeID) {
+	if w == nil {
+		return members, nil
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.ensureClient(cfg)

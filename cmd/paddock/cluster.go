@@ -130,13 +130,38 @@ CA and the authkey into --data-dir. Start the node afterwards with
 	remove.MarkFlagRequired("data-dir")
 	clusterCmd.AddCommand(remove)
 
-	var qoDir string
+	var wcDir, wcOut string
+	witnessCert := &cobra.Command{
+		Use:   "witness-cert --data-dir NODE_DIR --out DIR",
+		Short: "Sign a certificate for the cluster's witness with the cluster CA",
+		Long: `witness-cert makes the data directory of "paddock witness" (as
+corosync-qdevice-net-certutil does for qnetd): the cluster CA certificate, a
+witness certificate and key signed by the cluster CA, and witness.json naming
+the cluster. Run it on any cluster node (it reads NODE_DIR, the node need not
+run), copy DIR to the witness machine, and start "paddock witness --data-dir
+DIR" there. The CA's key is not copied.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := node.IssueWitnessCert(node.DataDir{Path: wcDir}, wcOut); err != nil {
+				return err
+			}
+			fmt.Printf("witness directory written to %s\ncopy it to the witness machine and run: paddock witness --listen IP:PORT --data-dir DIR\n", wcOut)
+			return nil
+		},
+	}
+	witnessCert.Flags().StringVar(&wcDir, "data-dir", "", "a cluster node's data directory")
+	witnessCert.Flags().StringVar(&wcOut, "out", "", "the witness data directory to write")
+	witnessCert.MarkFlagRequired("data-dir")
+	witnessCert.MarkFlagRequired("out")
+	clusterCmd.AddCommand(witnessCert)
+
+	var qoDir, witnessAddr, witnessAlgo string
 	var twoNode, waitForAll, lms, atb bool
 	var expectedVotes uint32
 	var lmsWindow time.Duration
 	var atbNode string
 	qo := &cobra.Command{
-		Use:   "quorum-options --data-dir DIR [--two-node] [--wait-for-all] [--expected-votes N] [--last-man-standing [--last-man-standing-window 10s]] [--auto-tie-breaker [--auto-tie-breaker-node lowest|highest|IDS]]",
+		Use:   "quorum-options --data-dir DIR [--two-node] [--wait-for-all] [--expected-votes N] [--last-man-standing [--last-man-standing-window 10s]] [--auto-tie-breaker [--auto-tie-breaker-node lowest|highest|IDS]] [--witness IP:PORT [--witness-algorithm ffsplit|lms]]",
 		Short: "Set votequorum options (a configuration change: needs quorum)",
 		Long: `quorum-options sets the votequorum options of the cluster configuration, as
 the quorum section of corosync.conf does; options not given are reset to
@@ -145,12 +170,23 @@ turns wait_for_all on unless --wait-for-all=false). The change is committed
 by a quorum of the current configuration's votes. wait_for_all,
 last_man_standing and auto_tie_breaker are read at startup, as corosync does:
 they take effect when each node restarts. Conflicting options (two_node with
-auto_tie_breaker, auto_tie_breaker with last_man_standing, ...) are refused.`,
+auto_tie_breaker, auto_tie_breaker with last_man_standing, ...) are refused.
+
+--witness IP:PORT adds the witness ("paddock witness", see its --help): one
+more vote (ffsplit, the default) or nodes-1 votes (lms, the last node
+standing keeps quorum). It cannot be combined with two_node,
+last_man_standing or auto_tie_breaker. To remove the witness, run
+quorum-options without --witness (or with --witness "").`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o := node.QuorumOptions{TwoNode: twoNode, ExpectedVotes: expectedVotes,
 				LastManStanding: lms, LastManStandingWindowMs: lmsWindow.Milliseconds(),
 				AutoTieBreaker: atb, AutoTieBreakerNode: atbNode}
+			if witnessAddr != "" {
+				o.Witness = &node.Witness{Addr: witnessAddr, Algorithm: witnessAlgo}
+			} else if cmd.Flags().Changed("witness-algorithm") {
+				return fmt.Errorf("--witness-algorithm needs --witness IP:PORT")
+			}
 			if cmd.Flags().Changed("wait-for-all") {
 				o.WaitForAll = &waitForAll
 			}
@@ -170,6 +206,8 @@ auto_tie_breaker, auto_tie_breaker with last_man_standing, ...) are refused.`,
 	qo.Flags().DurationVar(&lmsWindow, "last-man-standing-window", 0, "last_man_standing_window (default 10s)")
 	qo.Flags().BoolVar(&atb, "auto-tie-breaker", false, "auto_tie_breaker: a 50/50 split goes to the side of the tie-breaker node")
 	qo.Flags().StringVar(&atbNode, "auto-tie-breaker-node", "", "auto_tie_breaker_node: lowest (default), highest, or node ids")
+	qo.Flags().StringVar(&witnessAddr, "witness", "", "the witness's IP:PORT (\"paddock witness\"); without it the witness is removed")
+	qo.Flags().StringVar(&witnessAlgo, "witness-algorithm", "ffsplit", "ffsplit (one vote, breaks 50:50 splits) or lms (nodes-1 votes, the last node standing keeps quorum)")
 	qo.MarkFlagRequired("data-dir")
 	clusterCmd.AddCommand(qo)
 	rootCmd.AddCommand(clusterCmd)

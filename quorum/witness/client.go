@@ -299,3 +299,18 @@ type sentReport struct {
 	atMs int64
 	view []quorum.NodeID
 }
+
+// Text is the status in one line, for "paddock status".
+func (s ClientStatus) Text() string {
+	switch {
+	case s.Vote:
+		return fmt.Sprintf("%s, connected, vote granted (lease %d ms left)", s.Addr, s.LeaseLeftMs)
+	case s.Connected && s.Reason != "":
+		return fmt.Sprintf("%s, connected, no vote: %s", s.Addr, s.Reason)
+	case s.Connected:
+		return fmt.Sprintf("%s, connected, no vote", s.Addr)
+	case s.LastError != "":
+		return fmt.Sprintf("%s, NOT connected: %s", s.Addr, s.LastError)
+	}
+	return fmt.Sprintf("%s, NOT connected", s.Addr)
+}
