@@ -1,0 +1,197 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/paddock-io/paddock/node"
+)
+
+// volumeTimeout bounds a volume command: a configuration change needs
+// the quorum's answer.
+const volumeTimeout = 60 * time.Second
+
+func init() {
+	volCmd := &cobra.Command{
+		Use:   "volume",
+		Short: "Create, inspect and manage replicated volumes",
+		Long: `A volume is a block device of fixed size mirrored synchronously on
+--replicas nodes (DRBD protocol C): a write is acknowledged once every
+up-to-date replica and a majority have it. Every node serves every volume
+over NBD on its storage address, so attach a hypervisor to its own node:
+
+  qemu-system-x86_64 -drive file=nbd://STORAGE_ADDR/NAME,format=raw,cache=none
+
+Creating, deleting and promoting change the cluster configuration and need
+quorum.`,
+	}
+	var dataDir string
+	var asJSON bool
+	addCommon := func(c *cobra.Command, withJSON bool) {
+		c.Flags().StringVar(&dataDir, "data-dir", "", "the local node's data directory")
+		c.MarkFlagRequired("data-dir")
+		if withJSON {
+			c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+		}
+	}
+	client := func() *node.ControlClient { return node.NewControlClient(node.DataDir{Path: dataDir}, volumeTimeout) }
+	printJSON := func(v any) error {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+
+	var req node.VolumeCreateRequest
+	var size, region, nodes string
+	create := &cobra.Command{
+		Use:   "create NAME --size 10G [--replicas 3] [--nodes a,b,c]",
+		Short: "Create a replicated volume (needs quorum)",
+		Long: `create adds a volume to the cluster configuration. Each replica node
+creates a sparse data file and its metadata; the first node listed (or this
+node, when the cluster chooses) becomes the primary and promotes itself.
+
+--write-quorum raises how many replicas must accept each write (at least a
+majority; a lower value could let two primaries both acknowledge writes).
+--on-no-quorum says what the primary does while it cannot reach a write
+quorum: suspend (hold I/O until it can, the default) or io-error.
+--resync-granularity is the size of a region in the out-of-sync bitmaps:
+smaller means less resent after an outage, more memory (one bit each).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			var err error
+			if req.SizeBytes, err = parseSize(size); err != nil {
+				return err
+			}
+			if req.SizeBytes <= 0 {
+				return fmt.Errorf("--size is required (e.g. 10G)")
+			}
+			if req.RegionBytes, err = parseSize(region); err != nil {
+				return err
+			}
+			if nodes != "" {
+				req.Nodes = strings.Split(nodes, ",")
+				if !cmd.Flags().Changed("replicas") {
+					req.Replicas = len(req.Nodes)
+				}
+			}
+			var v node.VolumeConfig
+			if err := client().Call("POST", "/v1/volumes", req, &v); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(v)
+			}
+			fmt.Printf("volume %q created: %s, %d replicas, id %d\n", v.Name, humanBytes(v.SizeBytes), len(v.Replicas), v.ID)
+			fmt.Printf("status: paddock volume status %s --data-dir %s\n", v.Name, dataDir)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&size, "size", "", "size, e.g. 10G (a multiple of 4 KiB)")
+	create.Flags().IntVar(&req.Replicas, "replicas", 3, "number of replicas")
+	create.Flags().StringVar(&nodes, "nodes", "", "comma-separated node names to hold the replicas (the first is the primary)")
+	create.Flags().IntVar(&req.WriteQuorum, "write-quorum", 0, "replicas that must accept a write (default: a majority)")
+	create.Flags().StringVar(&req.OnNoQuorum, "on-no-quorum", "suspend", "suspend or io-error")
+	create.Flags().StringVar(&region, "resync-granularity", "", "out-of-sync region size (default 64K)")
+	addCommon(create, true)
+	volCmd.AddCommand(create)
+
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the volumes of the cluster",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var out []node.VolumeListEntry
+			if err := client().Call("GET", "/v1/volumes", nil, &out); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(out)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSIZE\tPRIMARY\tREPLICAS\tURI (this node)")
+			for _, v := range out {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.Name, humanBytes(v.SizeBytes), v.Primary, strings.Join(v.Replicas, ","), v.URI)
+			}
+			return tw.Flush()
+		},
+	}
+	addCommon(list, true)
+	volCmd.AddCommand(list)
+
+	status := &cobra.Command{
+		Use:   "status NAME",
+		Short: "Show each replica: role, state, epoch, generation, resync progress",
+		Long: `status asks every replica's node and shows, per replica: its role
+(primary or secondary), its state (UpToDate, Syncing, Outdated, Unknown when
+its node does not answer), the epoch it promised, the generation it holds
+and, while it resyncs, how much is left.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var st node.VolumeStatus
+			if err := client().Call("GET", "/v1/volumes/"+args[0], nil, &st); err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(st)
+			}
+			v := st.Volume
+			fmt.Printf("volume %s: %s, id %d, primary %s\n", v.Name, humanBytes(v.SizeBytes), v.ID, st.Primary)
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tEPOCH\tGENERATION\tOUT OF SYNC\tRESENT\tDETAIL")
+			for _, r := range st.Replicas {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Node, r.Role, r.State, r.Epoch, r.Generation,
+					humanBytes(r.OutOfSyncBytes), humanBytes(r.ResentBytes), r.Detail)
+			}
+			return tw.Flush()
+		},
+	}
+	addCommon(status, true)
+	volCmd.AddCommand(status)
+
+	del := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a volume and every replica's data (needs quorum)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := client().Call("POST", "/v1/volumes/"+args[0]+"/delete", struct{}{}, nil); err != nil {
+				return err
+			}
+			fmt.Printf("volume %q deleted\n", args[0])
+			return nil
+		},
+	}
+	addCommon(del, false)
+	volCmd.AddCommand(del)
+
+	var promoteNode string
+	promote := &cobra.Command{
+		Use:   "promote NAME --node N",
+		Short: "Move the primary role to another replica (needs quorum)",
+		Long: `promote makes node N the volume's primary. N collects promises for a
+higher epoch from a majority of the replicas, so the old primary can get no
+write acknowledged from then on; N must hold the newest generation (or the
+promotion fails and "volume status" says why).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var v node.VolumeConfig
+			if err := client().Call("POST", "/v1/volumes/"+args[0]+"/promote", node.VolumePromoteRequest{Node: promoteNode}, &v); err != nil {
+				return err
+			}
+			fmt.Printf("volume %q: primary role given to %s; it promotes itself now\n", args[0], promoteNode)
+			return nil
+		},
+	}
+	promote.Flags().StringVar(&promoteNode, "node", "", "the node to become primary")
+	promote.MarkFlagRequired("node")
+	addCommon(promote, false)
+	volCmd.AddCommand(promote)
+
+	rootCmd.AddCommand(volCmd)
+}
