@@ -186,6 +186,14 @@ func (c *ClusterConfig) Validate() error {
 	if total == 0 {
 		return fmt.Errorf("no node has a vote")
 	}
+	if w := c.Quorum.Witness; w != nil {
+		if err := w.validate(); err != nil {
+			return err
+		}
+		if other, ok := addrs[w.Addr]; ok {
+			return fmt.Errorf("witness address %s is used by %s", w.Addr, other)
+		}
+	}
 	return c.validateVolumes()
 }
 
