@@ -192,6 +192,12 @@ func sleepCtx(ctx context.Context, ms int64) error {
 // level, the remaining levels are not tried (and are not recorded).
 func (f *Fencer) Fence(ctx context.Context, plan Plan) (out Outcome, err error) {
 	out = Outcome{Target: plan.Target}
+	if f.Shoot == nil {
+		err := errors.New("fence: Fencer has no Shoot function")
+		out.Error = err.Error()
+		return out, err
+	}
+	f.fillDefaults()
 	if err := plan.Validate(); err != nil {
 		out.Error = err.Error()
 		return out, err
@@ -274,6 +280,22 @@ func (f *Fencer) shootOne(ctx context.Context, target string, level int, dev Dev
 		Action: ActionOff, Result: a.Result, DurationMs: a.DurationMs, Error: a.Error,
 	})
 	return a, err
+}
+
+// fillDefaults gives a hand-built Fencer the real clock, sleep and random
+// source for whatever it left nil.
+func (f *Fencer) fillDefaults() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.NowMs == nil {
+		f.NowMs = func() int64 { return time.Now().UnixMilli() }
+	}
+	if f.Sleep == nil {
+		f.Sleep = sleepCtx
+	}
+	if f.RandMs == nil {
+		f.RandMs = func(n int64) int64 { return rand.Int64N(n) }
+	}
 }
 
 func (f *Fencer) claim(target string) bool {

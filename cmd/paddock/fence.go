@@ -150,6 +150,9 @@ func printAgentTest(w io.Writer, res fence.AgentResult, runErr error, asJSON boo
 		}
 		return nil
 	}
+	if runErr != nil && res.ExitCode == -1 && !res.TimedOut && res.Output == "" {
+		return runErr // never started (not found, bad parameters): the error says it all
+	}
 	fmt.Fprintf(w, "agent:     %s\n", res.Agent)
 	fmt.Fprintf(w, "action:    %s\n", res.Action)
 	fmt.Fprintf(w, "exit code: %d\n", res.ExitCode)
