@@ -23,11 +23,15 @@ import (
 
 // Config of a run.
 type Config struct {
-	Paddock  string        // the paddock executable
-	Trials   int           // kill and partition trials each
-	Load     bool          // run stress-ng on every core meanwhile
-	Soak     time.Duration // also watch an idle loaded cluster this long for false losses
-	Log      io.Writer     // progress
+	Paddock string        // the paddock executable
+	Trials  int           // kill and partition trials each
+	Load    bool          // run stress-ng on every core meanwhile
+	Soak    time.Duration // also watch an idle loaded cluster this long for false losses
+	// Witness adds a "paddock witness" (ffsplit) on 127.0.0.10: the
+	// trials then include its round trip, and the soak also counts
+	// lapses of its vote (a lease not renewed in time).
+	Witness  bool
+	Log      io.Writer // progress
 	pollStep time.Duration
 }
 
@@ -39,6 +43,10 @@ type Result struct {
 	Load         bool          `json:"cpu_load"`
 	SoakDuration time.Duration `json:"soak"`
 	FalseLosses  int           `json:"false_losses"`
+	// Witness: the cluster had a witness; WitnessLapses counts the times
+	// in the soak a node's status showed the witness's vote not counted.
+	Witness       bool `json:"witness"`
+	WitnessLapses int  `json:"witness_lapses"`
 }
 
 type bnode struct {
@@ -163,8 +171,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, err
 		}
 	}
+	if cfg.Witness {
+		stop, err := startWitness(cfg.Paddock, root, nodes)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+	}
 	s, _ := nodes[0].status()
-	res := &Result{TokenMs: s.TokenMs, Load: cfg.Load}
+	res := &Result{TokenMs: s.TokenMs, Load: cfg.Load, Witness: cfg.Witness}
 	if cfg.Load {
 		stop, err := startLoad()
 		if err != nil {
@@ -215,10 +230,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		res.SoakDuration = cfg.Soak
 		end := time.Now().Add(cfg.Soak)
-		lost := false
+		lost, lapsed := false, false
 		for time.Now().Before(end) && ctx.Err() == nil {
 			for _, n := range nodes {
-				if s, err := n.status(); err != nil || s.Nodes != 3 {
+				s, err := n.status()
+				if err != nil || s.Nodes != 3 || !s.Quorum.Quorate {
 					if !lost {
 						res.FalseLosses++
 						fmt.Fprintf(cfg.Log, "false loss seen by %s at %s\n", n.name, time.Now().Format(time.TimeOnly))
@@ -227,11 +243,54 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				} else {
 					lost = false
 				}
+				if cfg.Witness && err == nil && (s.Quorum.Witness == nil || !s.Quorum.Witness.Vote) {
+					if !lapsed {
+						res.WitnessLapses++
+						fmt.Fprintf(cfg.Log, "witness vote lapsed on %s at %s\n", n.name, time.Now().Format(time.TimeOnly))
+					}
+					lapsed = true
+				} else if err == nil {
+					lapsed = false
+				}
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
 	return res, ctx.Err()
+}
+
+// startWitness runs "paddock witness" on 127.0.0.10 with a certificate
+// from node 1, configures it, and waits until every node counts its vote.
+func startWitness(bin, root string, nodes []*bnode) (func(), error) {
+	port, err := freePort("127.0.0.10")
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.10:%d", port)
+	dir := filepath.Join(root, "witness")
+	if err := run(bin, "cluster", "witness-cert", "--data-dir", nodes[0].dir, "--out", dir); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "witness", "--listen", addr, "--data-dir", dir, "--log-level", "warn")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go cmd.Wait()
+	stop := func() { cmd.Process.Kill() }
+	if err := run(bin, "cluster", "quorum-options", "--data-dir", nodes[0].dir, "--witness", addr); err != nil {
+		stop()
+		return nil, err
+	}
+	for _, n := range nodes {
+		if _, err := n.waitFor(func(s node.Status) bool {
+			return members(3)(s) && s.Quorum.Witness != nil && s.Quorum.Witness.Vote
+		}, 50*time.Millisecond, 20*time.Second); err != nil {
+			stop()
+			return nil, fmt.Errorf("witness vote: %w", err)
+		}
+	}
+	return stop, nil
 }
 
 // cut drops (or stops dropping) every packet to and from one node's
@@ -287,8 +346,16 @@ func (r *Result) Markdown(command string) string {
 		load, len(r.KillMs), Percentile(r.KillMs, 50), Percentile(r.KillMs, 99), Percentile(r.KillMs, 100), r.TokenMs)
 	fmt.Fprintf(&b, "| partition to minority inquorate%s | %d | %.0f ms | %.0f ms | %.0f ms | %d ms | |\n",
 		load, len(r.PartitionMs), Percentile(r.PartitionMs, 50), Percentile(r.PartitionMs, 99), Percentile(r.PartitionMs, 100), r.TokenMs)
+	witness := ""
+	if r.Witness {
+		witness = " and a witness (ffsplit)"
+	}
 	if r.SoakDuration > 0 {
-		fmt.Fprintf(&b, "\nSoak: %v of a 3-node cluster%s, membership polled every 20 ms on every node: %d false losses.\n", r.SoakDuration, load, r.FalseLosses)
+		fmt.Fprintf(&b, "\nSoak: %v of a 3-node cluster%s%s, membership polled every 20 ms on every node: %d false losses", r.SoakDuration, witness, load, r.FalseLosses)
+		if r.Witness {
+			fmt.Fprintf(&b, ", %d lapses of the witness's vote", r.WitnessLapses)
+		}
+		b.WriteString(".\n")
 	}
 	return b.String()
 }
