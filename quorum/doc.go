@@ -71,6 +71,8 @@
 // witness, then the one holding the tie breaker; lms gives it to the
 // largest partition, then the tie breaker's (qnetd-algo-ffsplit.c,
 // qnetd-algo-lms.c).
+// The witness process and the node's client, which carry this decision
+// over the network with leases, are package quorum/witness.
 //
 // Configurations corosync refuses, or quietly repairs (see
 // votequorum_readconfig), are errors from Config.Validate: two_node with
