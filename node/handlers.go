@@ -138,6 +138,8 @@ func (d *Daemon) metricsHandler() http.Handler {
 		{"paddock_expected_votes", "Expected votes.", func(s *Status) float64 { return float64(s.Quorum.ExpectedVotes) }},
 		{"paddock_members", "Nodes in this node's membership.", func(s *Status) float64 { return float64(s.Nodes) }},
 		{"paddock_config_version", "Version of the cluster configuration this node runs.", func(s *Status) float64 { return float64(s.ConfigVersion) }},
+		{"paddock_witness_connected", "1 when this node is connected to the witness (0 also when none is configured).", func(s *Status) float64 { return b2f(s.Witness != nil && s.Witness.Connected) }},
+		{"paddock_witness_vote", "1 when the witness's vote counts on this node now.", func(s *Status) float64 { return b2f(s.Quorum.Witness != nil && s.Quorum.Witness.Vote) }},
 	}
 	for _, g := range gauges {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: g.name, Help: g.help}, view(g.f)))
