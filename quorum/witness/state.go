@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -50,6 +51,29 @@ type State struct {
 	// does not know which leases of its previous life are still running,
 	// so it grants nothing for this long after it starts.
 	MaxLeaseMs int64 `json:"max_lease_ms,omitempty"`
+}
+
+// ParseIdentity reads witness.json and checks it.
+func ParseIdentity(b []byte) (Identity, error) {
+	var id Identity
+	if len(b) > maxStateBytes {
+		return id, fmt.Errorf("%d bytes: more than %d", len(b), maxStateBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&id); err != nil {
+		return Identity{}, err
+	}
+	if dec.More() {
+		return Identity{}, errors.New("data after the JSON object")
+	}
+	if _, err := hex.DecodeString(id.ClusterID); err != nil || len(id.ClusterID) != 32 {
+		return Identity{}, fmt.Errorf("cluster_id %q is not 32 hex digits", id.ClusterID)
+	}
+	if len(id.ClusterName) > 63 {
+		return Identity{}, errors.New("cluster_name is longer than 63 bytes")
+	}
+	return id, nil
 }
 
 // ParseState reads state.json and checks it.
@@ -102,8 +126,8 @@ func LoadDir(path string) (*Dir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (make the directory with \"paddock cluster witness-cert --out DIR\" on a cluster node and copy it here)", err)
 	}
-	if err := json.Unmarshal(b, &d.Identity); err != nil || len(d.Identity.ClusterID) != 32 {
-		return nil, fmt.Errorf("%s is corrupt: want {\"cluster_id\": 32 hex digits, ...}", d.file(IdentityFile))
+	if d.Identity, err = ParseIdentity(b); err != nil {
+		return nil, fmt.Errorf("%s is corrupt: %w", d.file(IdentityFile), err)
 	}
 	caPEM, err := os.ReadFile(d.file(CAFile))
 	if err != nil {

@@ -118,3 +118,14 @@ func FuzzParseState(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseIdentity(f *testing.F) {
+	f.Add([]byte(`{"cluster_id":"` + testClusterID + `","cluster_name":"lab"}`))
+	f.Add([]byte(`{"cluster_id":"xyz"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		id, err := ParseIdentity(b)
+		if err == nil && len(id.ClusterID) != 32 {
+			t.Fatalf("accepted cluster id %q", id.ClusterID)
+		}
+	})
+}
