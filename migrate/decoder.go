@@ -37,6 +37,7 @@ type Decoder struct {
 	payload  []byte
 	frame    Frame
 	zdec     *zstd.Decoder
+	touched  *Bitmap // pages ApplyPages wrote, if set
 }
 
 // decoderBufferBytes matches the encoder's buffer.
@@ -51,6 +52,10 @@ func NewDecoder(r io.Reader, ramPages uint64) *Decoder {
 
 // SetRAMPages sets the RAM size page indexes are checked against.
 func (d *Decoder) SetRAMPages(n uint64) { d.ramPages = min(n, MaxMemoryBytes/PageBytes) }
+
+// SetTouched makes ApplyPages set in b (ramPages bits) every page it
+// writes: the destination rehashes only those chunks of its RAM digest.
+func (d *Decoder) SetTouched(b *Bitmap) { d.touched = b }
 
 // Next reads the next frame.
 func (d *Decoder) Next() (*Frame, error) {
@@ -132,6 +137,9 @@ func (d *Decoder) ApplyPages(f *Frame, ram []byte) (PageStats, error) {
 	}
 	st.Pages = uint64(f.Count)
 	st.add(f.Encoding, uint64(f.Count))
+	if d.touched != nil && d.touched.Len() == int(d.ramPages) {
+		d.touched.SetRange(int(f.Index), int(f.Index)+int(f.Count))
+	}
 	return st, nil
 }
 
@@ -260,6 +268,9 @@ func (d *Decoder) applyBatch(f *Frame, ram []byte, st PageStats) (PageStats, err
 		}
 		st.Pages++
 		st.add(enc, 1)
+		if d.touched != nil && d.touched.Len() == int(d.ramPages) {
+			d.touched.Set(int(page))
+		}
 	}
 	if len(p) != 0 {
 		return st, corrupt("batch of %d records with %d bytes left over", f.Count, len(p))
