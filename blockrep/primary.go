@@ -94,6 +94,7 @@ type peer struct {
 	digest bool
 	// syncing says a resync goroutine runs for it.
 	resyncing   bool
+	saved       bool // missed is on disk as of its last Dirty clear
 	resentBytes atomic.Int64
 	missedBytes atomic.Int64
 	syncStarted time.Time
@@ -123,6 +124,11 @@ type Primary struct {
 	wg       sync.WaitGroup
 	writes   atomic.Int64 // client writes, for the resync throttle
 	repaired atomic.Int64
+
+	savedGen Gen // generation the bitmaps on disk were tracked through
+	// cleanStart: this node was the last primary of the current
+	// generation and stopped with nothing in flight.
+	cleanStart bool
 
 	rateSampleAt     time.Time
 	rateSampleWrites int64
@@ -210,6 +216,7 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		}
 		p.peers[id] = &peer{id: id, state: PeerDown, missed: bm, digest: true}
 	}
+	p.loadBitmaps()
 	p.connectAll(ctx)
 
 	e := cfg.Local.Voter().Promised + 1
@@ -262,7 +269,9 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 	// replicas' activity logs. This primary's copy of them wins.
 	var hotUnion []int64
 	for _, es := range hot {
-		hotUnion = append(hotUnion, es...)
+		if !p.cleanStart {
+			hotUnion = append(hotUnion, es...)
+		}
 	}
 	slices.Sort(hotUnion)
 	hotUnion = slices.Compact(hotUnion)
@@ -272,11 +281,15 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 			p.dropLink(pe)
 		case slices.Contains(d.Members, id):
 			pe.state, pe.digest = PeerMember, false
+		default:
+			pe.state = PeerSyncing
+		}
+		// A peer whose digests will be compared needs no marks: the
+		// comparison finds every difference.
+		if !pe.digest {
 			for _, x := range hotUnion {
 				pe.missed.Mark(x*ExtentBytes, ExtentBytes)
 			}
-		default:
-			pe.state = PeerSyncing
 		}
 	}
 	p.members = d.Members
@@ -416,6 +429,9 @@ func (p *Primary) storeGen(g Gen, members []NodeID) error {
 	p.mu.Lock()
 	p.gen, p.members = g, slices.Clone(members)
 	p.mu.Unlock()
+	if err := p.saveBitmaps(); err != nil {
+		p.log.Warn("cannot save the out-of-sync bitmaps", "err", err)
+	}
 	return nil
 }
 
@@ -857,6 +873,12 @@ func (p *Primary) Close() error {
 		return nil
 	}
 	p.closed = true
+	p.mu.Unlock()
+	// Drain: writes in flight finish (or give up on their quorum) before
+	// the links close, so the bitmaps saved below are complete.
+	p.cancel()
+	p.barrier.Lock()
+	p.mu.Lock()
 	for _, pe := range p.peers {
 		if pe.link != nil {
 			pe.link.close()
@@ -864,7 +886,14 @@ func (p *Primary) Close() error {
 		}
 	}
 	p.mu.Unlock()
-	p.cancel()
+	// New writes see closed and fail; a resync waiting to join sees its
+	// link gone.
+	p.barrier.Unlock()
 	p.wg.Wait()
+	if p.epoch != 0 && p.Deposed() == nil {
+		if err := p.saveBitmapsClean(true); err != nil {
+			p.log.Warn("cannot save the out-of-sync bitmaps", "err", err)
+		}
+	}
 	return nil
 }

@@ -445,3 +445,39 @@ func quietLog() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
+
+// A primary that stops and is promoted again (same history) takes its
+// saved bitmaps: the replica that was away gets only what it missed, with
+// no digest comparison.
+func TestPrimaryRestartKeepsBitmaps(t *testing.T) {
+	c := newTestCluster(t, 3, 32<<20)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	addr := c.kill(3)
+	missed := randomWrites(t, p, rng, 40, 64<<10)
+	p.Close()
+	c.start(3, addr)
+	p2, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	for _, ps := range p2.Status().Peers {
+		if ps.Node == 3 && ps.CompareDigests {
+			t.Fatal("the restarted primary compares digests although its bitmaps were saved")
+		}
+	}
+	st := waitSynced(t, p2, 3)
+	for _, ps := range st.Peers {
+		if ps.Node == 3 && (ps.ResentBytes == 0 || float64(ps.ResentBytes) > 1.25*float64(missed)+float64(2*ExtentBytes)) {
+			t.Fatalf("resent %d bytes for %d missed", ps.ResentBytes, missed)
+		}
+	}
+	p2.Flush()
+	if !bytes.Equal(c.dataOf(1), c.dataOf(3)) {
+		t.Fatal("replica 3 differs after resync from saved bitmaps")
+	}
+}

@@ -47,6 +47,9 @@ func (p *Primary) maintain() {
 				}
 			}()
 		}
+		if err := p.saveBitmaps(); err != nil {
+			p.log.Warn("cannot save the out-of-sync bitmaps", "err", err)
+		}
 		select {
 		case <-p.ctx.Done():
 			return
