@@ -207,7 +207,7 @@ func TestMigrateCutAnywhere(t *testing.T) {
 	for _, tr := range transports {
 		for _, p := range points {
 			t.Run(tr+"/"+p.side+"-"+p.point, func(t *testing.T) {
-				src := newSynthForTest(t, SynthConfig{RAMBytes: 16 << 20, DirtyBytesPerSecond: 8 << 20, Seed: 3})
+				src := newSynthForTest(t, SynthConfig{RAMBytes: 8 << 20, DirtyBytesPerSecond: 4 << 20, Seed: 3})
 				m := newMigration(t, tr, src)
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				defer cancel()
@@ -230,7 +230,8 @@ func TestMigrateCutAnywhere(t *testing.T) {
 				// Force several rounds: a tight downtime with a writer.
 				opts := SourceOptions{Compression: CompressAuto, DowntimeLimit: time.Millisecond, MaxRounds: 4, FaultHook: hook("src")}
 				if p.point == "paused" || p.point == "ready" || p.point == "committed" {
-					opts.DowntimeLimit = 5 * time.Second
+					// Reach the switchover however slow the machine.
+					opts.DowntimeLimit, opts.MaxRounds = 5*time.Second, 0
 				}
 				dopts := m.destOptions()
 				dopts.FaultHook = hook("dst")

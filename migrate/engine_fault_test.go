@@ -1,0 +1,148 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// faultConn corrupts or truncates what the source writes on its first
+// page stream once afterBytes have gone through.
+type faultConn struct {
+	Conn
+	pages []Stream
+}
+
+type faultStream struct {
+	Stream
+	afterBytes int64
+	mode       string // "flip" or "truncate"
+	written    atomic.Int64
+	once       sync.Once
+}
+
+func (s *faultStream) Write(p []byte) (int, error) {
+	n := s.written.Add(int64(len(p)))
+	if n-int64(len(p)) < s.afterBytes && n >= s.afterBytes {
+		off := s.afterBytes - (n - int64(len(p)))
+		switch s.mode {
+		case "flip":
+			q := append([]byte(nil), p...)
+			q[off] ^= 0x40
+			return s.Stream.Write(q)
+		case "truncate":
+			s.Stream.Write(p[:off])
+			s.once.Do(func() { s.Stream.CloseWrite() })
+			return len(p), nil // the sender does not notice
+		}
+	}
+	if s.mode == "truncate" && n > s.afterBytes {
+		return len(p), nil
+	}
+	return s.Stream.Write(p)
+}
+
+func (c *faultConn) Pages() []Stream { return c.pages }
+
+func TestMigrateForgedOrTruncatedFrame(t *testing.T) {
+	for _, tr := range transports {
+		for _, mode := range []string{"flip", "truncate"} {
+			// An offset inside the first frame header, and one deep in
+			// the stream.
+			for _, after := range []int64{5, 3 << 20} {
+				t.Run(tr+"/"+mode, func(t *testing.T) {
+					src := newSynthForTest(t, SynthConfig{RAMBytes: 8 << 20, DirtyBytesPerSecond: 1 << 20, Seed: 5})
+					m := newMigration(t, tr, src)
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					var dstErr error
+					var wg sync.WaitGroup
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						_, dstErr = Receive(ctx, m.l, m.destOptions())
+					}()
+					conn, err := m.dial(ctx, 2)
+					if err != nil {
+						t.Fatal(err)
+					}
+					fs := &faultStream{Stream: conn.Pages()[0], afterBytes: after, mode: mode}
+					fc := &faultConn{Conn: conn, pages: []Stream{fs, conn.Pages()[1]}}
+					tracker, err := src.NewTracker()
+					if err != nil {
+						t.Fatal(err)
+					}
+					st, err := Migrate(ctx, src, tracker, fc, SourceOptions{Compression: CompressAuto,
+						Redial: func(ctx context.Context) (Conn, error) { return m.dial(ctx, 1) }})
+					src.CloseTracker(tracker)
+					wg.Wait()
+					t.Logf("source: %v; destination: %v", err, dstErr)
+					if err == nil || st.Status != StatusFailed {
+						t.Fatalf("migration with a %s frame at byte %d: %v, status %s", mode, after, err, st.Status)
+					}
+					if !errors.Is(dstErr, ErrNotCommitted) {
+						t.Fatalf("destination: %v", dstErr)
+					}
+					if srcRun, dstRun := m.runningSides(); !srcRun || dstRun {
+						t.Fatalf("running: source %v destination %v", srcRun, dstRun)
+					}
+					if c := src.Check(); !c.OK() {
+						t.Fatalf("source: %+v", c)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestMigrateFasterThanTheLink: a guest that dirties four times what the
+// (rate-limited) link carries either converges by auto-converge or, without
+// it, is cancelled at its timeout and keeps running on the source.
+func TestMigrateFasterThanTheLink(t *testing.T) {
+	cfg := SynthConfig{RAMBytes: 4 << 20, DirtyBytesPerSecond: 32 << 20, Seed: 11}
+	const linkBytesPerSecond = 8 << 20
+	t.Run("auto-converge", func(t *testing.T) {
+		src := newSynthForTest(t, cfg)
+		m := newMigration(t, TransportTCP, src)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		res := m.run(ctx, 2, SourceOptions{Compression: CompressNone, BandwidthBytesPerSecond: linkBytesPerSecond,
+			DowntimeLimit: 300 * time.Millisecond}, m.destOptions())
+		t.Logf("source: %v (%s, %d rounds, throttle %d%%)", res.err, res.stats.Status, res.stats.Rounds, res.stats.ThrottlePercent)
+		if res.err == nil {
+			if res.stats.ThrottlePercent == 0 {
+				t.Fatalf("converged without throttling a guest dirtying 4x the link: %+v", res.stats)
+			}
+			if c := m.dst.Check(); !c.OK() {
+				t.Fatalf("destination: %+v", c)
+			}
+			return
+		}
+		if res.stats.Status != StatusCancelled || !src.Running() || src.ThrottlePercent() != 0 {
+			t.Fatalf("neither converged nor cancelled cleanly: %+v, running %v", res.stats, src.Running())
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		src := newSynthForTest(t, cfg)
+		m := newMigration(t, TransportTCP, src)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		res := m.run(ctx, 2, SourceOptions{Compression: CompressNone, BandwidthBytesPerSecond: linkBytesPerSecond,
+			DowntimeLimit: time.Millisecond, NoAutoConverge: true, Timeout: 2 * time.Second}, m.destOptions())
+		if res.err == nil || res.stats.Status != StatusCancelled {
+			t.Fatalf("want a cancel at the timeout: %v, %+v", res.err, res.stats)
+		}
+		if !errors.Is(res.dstErr, ErrNotCommitted) {
+			t.Fatalf("destination: %v", res.dstErr)
+		}
+		if srcRun, dstRun := m.runningSides(); !srcRun || dstRun {
+			t.Fatalf("running: source %v destination %v", srcRun, dstRun)
+		}
+		if c := src.Check(); !c.OK() {
+			t.Fatalf("source: %+v", c)
+		}
+	})
+}
