@@ -1,0 +1,137 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/paddock-io/paddock/migrate"
+)
+
+func init() {
+	var (
+		sock, to, transport, serverName, compress, bandwidth string
+		downtime, timeout                                    time.Duration
+		streams, maxRounds                                   int
+		noAutoConverge, asJSON                               bool
+	)
+	cmd := &cobra.Command{
+		Use:   "migrate NAME --to HOST:PORT [--transport quic|tcp] [--downtime 100ms] [--timeout 10m] [--streams 8] [--compress auto] [--bandwidth 0] [--json]",
+		Short: "Live-migrate a guest to a destination waiting for it",
+		Long: `migrate asks the guest process NAME (through its control socket) to move
+itself, running, to the destination at --to (a "paddock guest run --incoming"
+listening there): pre-copy rounds while it runs, then a pause of about
+--downtime, a digest check and a two-phase commit. It shows a progress bar
+and ends with the stats; --json prints the stats as JSON instead. If the
+migration fails, or is interrupted (Ctrl-C), the guest keeps running where it
+was. The exit status is 0 only when the guest runs on the destination.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := guestSock(args[0], sock)
+			if err != nil {
+				return err
+			}
+			bw, err := parseSize(bandwidth)
+			if err != nil {
+				return fmt.Errorf("--bandwidth: %w", err)
+			}
+			req := guestRequest{Op: "migrate", Migrate: &migrateRequest{
+				To: to, ServerName: serverName, Transport: transport,
+				DowntimeMs: downtime.Milliseconds(), TimeoutMs: timeout.Milliseconds(),
+				Streams: streams, Compress: compress, BandwidthBytesPerSecond: bw,
+				MaxRounds: maxRounds, NoAutoConverge: noAutoConverge,
+			}}
+			b, _ := json.Marshal(req)
+			if _, err := parseGuestRequest(b); err != nil {
+				return err
+			}
+			// Ctrl-C closes the control connection: the guest cancels.
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			var bar *progressbar.ProgressBar
+			round := -1
+			var final guestResponse
+			callErr := make(chan error, 1)
+			go func() {
+				callErr <- guestCall(s, req, timeout+time.Minute, func(r guestResponse) error {
+					if r.Progress != nil && !asJSON {
+						pr := r.Progress
+						if bar == nil || pr.Round != round {
+							if bar != nil {
+								bar.Finish()
+							}
+							round = pr.Round
+							bar = progressbar.NewOptions64(int64(max(pr.RoundBytes, 1)),
+								progressbar.OptionSetWriter(cmd.ErrOrStderr()),
+								progressbar.OptionShowBytes(true),
+								progressbar.OptionSetWidth(30),
+								progressbar.OptionThrottle(100*time.Millisecond),
+								progressbar.OptionClearOnFinish())
+						}
+						bar.Describe(fmt.Sprintf("round %d %s, dirty %s/s, throttle %d%%", pr.Round, pr.Status,
+							humanBytes(int64(pr.DirtyBytesPerSecond)), pr.ThrottlePercent))
+						bar.Set64(int64(pr.RoundBytes - pr.RemainingBytes))
+					}
+					if r.Done {
+						final = r
+					}
+					return nil
+				})
+			}()
+			select {
+			case err = <-callErr:
+			case <-sigs:
+				return errors.New("interrupted: the guest cancels the migration and keeps running")
+			}
+			if bar != nil {
+				bar.Finish()
+			}
+			if err != nil {
+				return err
+			}
+			st := final.Stats
+			if asJSON && st != nil {
+				out, _ := json.Marshal(st)
+				fmt.Fprintln(cmd.OutOrStdout(), string(out))
+			} else if st != nil {
+				fmt.Fprintln(cmd.OutOrStdout(), statsLine(args[0], st))
+			}
+			if final.Error != "" {
+				return errors.New(final.Error)
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	guestSocketFlag(cmd, &sock)
+	fl.StringVar(&to, "to", "", "destination HOST:PORT (a guest run --incoming)")
+	fl.StringVar(&serverName, "server-name", "", "name the destination's certificate must carry (default: HOST of --to)")
+	fl.StringVar(&transport, "transport", migrate.TransportQUIC, "quic or tcp")
+	fl.DurationVar(&downtime, "downtime", migrate.DefaultDowntimeLimit, "downtime limit: switch over when the rest can go in this long")
+	fl.DurationVar(&timeout, "timeout", migrate.DefaultTimeout, "cancel the migration (guest stays) after this long")
+	fl.IntVar(&streams, "streams", 8, "parallel page streams")
+	fl.IntVar(&maxRounds, "max-rounds", 0, fmt.Sprintf("cancel after this many rounds (0 = %d)", migrate.DefaultMaxRounds))
+	fl.StringVar(&compress, "compress", "auto", "page compression: auto, none, s2, zstd")
+	fl.StringVar(&bandwidth, "bandwidth", "0", "cap on the page streams in bytes per second (K, M, G suffixes; 0 = none)")
+	fl.BoolVar(&noAutoConverge, "no-auto-converge", false, "never throttle the guest (cancel at the timeout instead)")
+	fl.BoolVar(&asJSON, "json", false, "print the final stats as JSON, no progress bar")
+	cmd.MarkFlagRequired("to")
+	rootCmd.AddCommand(cmd)
+}
+
+// statsLine is the one-line summary a person reads.
+func statsLine(name string, st *migrate.Stats) string {
+	p := st.Pages
+	return fmt.Sprintf("%s: %s over %s x%d in %.0f ms, downtime %.1f ms, %d rounds, %s sent of %s RAM (%d zero, %d raw, %d s2, %d zstd, %d delta pages), %.0f Mbit/s, throttle %d%%",
+		name, st.Status, st.Transport, st.PageStreams, st.TotalTimeMs, st.DowntimeMs, st.Rounds,
+		humanBytes(int64(st.TransferredBytes)), humanBytes(int64(st.TotalBytes)),
+		p.ZeroPages, p.RawPages, p.S2Pages, p.ZstdPages, p.DeltaPages, st.Mbps, st.ThrottlePercent)
+}
