@@ -239,8 +239,8 @@ func TestMigrateGuestCutAtRandom(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
 	cuts := []struct{ forward, back int64 }{
-		{forward: 1 + rng.Int64N(4<<10)},   // during the handshakes
-		{forward: 1 + rng.Int64N(32<<20)},  // during the rounds
+		{forward: 1 + rng.Int64N(4<<10)},  // during the handshakes
+		{forward: 1 + rng.Int64N(32<<20)}, // during the rounds
 		{back: 3<<10 + rng.Int64N(3<<10)}, // on some acknowledgement, maybe the ready or resumed one
 		{back: 3<<10 + rng.Int64N(3<<10)},
 	}
