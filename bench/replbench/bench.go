@@ -61,7 +61,7 @@ const (
 	DefaultRuntime     = 5 * time.Second
 	DefaultRamp        = time.Second
 	DefaultSizeBytes   = 512 << 20
-	DefaultResyncBytes = 512 << 20
+	DefaultResyncBytes = 256 << 20
 
 	// upToDateTimeout bounds the wait for a volume to be UpToDate
 	// between runs; resyncTimeout the wait in a resync trial.
@@ -96,6 +96,7 @@ const resyncVolume = "resync"
 type ResyncTrial struct {
 	// WrittenBytes went through the primary while the replica was away.
 	WrittenBytes int64 `json:"written_bytes"`
+	OffsetBytes  int64 `json:"offset_bytes"`
 	// MissedBytes and ResentBytes are the primary's counters for that
 	// replica over the trial.
 	MissedBytes int64 `json:"missed_bytes"`
@@ -220,7 +221,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				if err := b.waitAll(ctx); err != nil {
 					return nil, err
 				}
+				pids := b.pids(t)
+				cpu0, t0 := cpuSeconds(pids), time.Now()
 				res, err := runFio(ctx, limit, measuredArgs(w, b.uris[t.Name], cfg.Runtime, cfg.Ramp, cfg.SizeBytes))
+				res.ServerCores = (cpuSeconds(pids) - cpu0) / time.Since(t0).Seconds()
 				if err != nil {
 					if ctx.Err() != nil {
 						break
@@ -228,14 +232,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					res.Err = err.Error()
 					b.log("rep %d %s %s: %v", r+1, w.Name, t.Name, err)
 				} else {
-					b.log("rep %d %-20s %-7s %8.0f IOPS %7.1f MB/s  write p50 %5.0f µs p99 %6.0f µs%s", r+1, w.Name, t.Name,
-						res.IOPS, res.BytesPerSecond/1e6, res.WriteP50Ns/1e3, res.WriteP99Ns/1e3, flushNote(res))
+					b.log("rep %d %-20s %-7s %8.0f IOPS %7.1f MB/s  write p50 %5.0f µs p99 %6.0f µs%s  cores: servers %.2f fio %.2f (%.0f µs CPU/write)",
+						r+1, w.Name, t.Name, res.IOPS, res.BytesPerSecond/1e6, res.WriteP50Ns/1e3, res.WriteP99Ns/1e3, flushNote(res),
+						res.ServerCores, res.FioCores, res.CPUMicrosPerWrite())
 				}
 				rep.Runs[w.Name][t.Name] = append(rep.Runs[w.Name][t.Name], res)
 			}
 		}
 		if !cfg.NoResync && ctx.Err() == nil {
-			tr := b.resyncTrial(ctx)
+			tr := b.resyncTrial(ctx, r)
 			if tr.Err != "" {
 				b.log("rep %d resync: %s", r+1, tr.Err)
 			} else {
@@ -253,6 +258,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	rep.Interrupted = ctx.Err() != nil
 	return rep, nil
+}
+
+// pids are the server processes of a target: paddock serve, or every node
+// (replication work lands on the secondaries too).
+func (b *bench) pids(t Target) []int {
+	if t.Replicas == 0 {
+		return []int{b.serve.Process.Pid}
+	}
+	var pids []int
+	for _, n := range b.cl.Nodes {
+		if p := n.Pid(); p != 0 {
+			pids = append(pids, p)
+		}
+	}
+	return pids
 }
 
 func flushNote(r RunResult) string {
@@ -284,7 +304,7 @@ func (b *bench) setup(ctx context.Context) error {
 		b.uris[t.Name] = cl.Nodes[0].URI(t.Name)
 	}
 	if !b.cfg.NoResync {
-		if _, err := cl.CreateVolume(resyncVolume, b.cfg.ResyncBytes, names...); err != nil {
+		if _, err := cl.CreateVolume(resyncVolume, 2*b.cfg.ResyncBytes, names...); err != nil {
 			return err
 		}
 	}
@@ -350,9 +370,14 @@ func (b *bench) waitAll(ctx context.Context) error {
 }
 
 // resyncTrial kills n3, writes ResyncBytes through the primary on n1,
-// restarts n3 and times its resync.
-func (b *bench) resyncTrial(ctx context.Context) ResyncTrial {
-	tr := ResyncTrial{WrittenBytes: b.cfg.ResyncBytes}
+// restarts n3 and times its resync. The volume is twice that size and
+// the trials write its halves in turn: from the second trial on, n3's
+// activity log holds the extents the previous resync wrote to it, which
+// n3 reports when it comes back (after a kill -9 it cannot know they
+// reached its disk), so the trials show that cost too.
+func (b *bench) resyncTrial(ctx context.Context, trial int) ResyncTrial {
+	off := int64(trial%2) * b.cfg.ResyncBytes
+	tr := ResyncTrial{WrittenBytes: b.cfg.ResyncBytes, OffsetBytes: off}
 	fail := func(err error) ResyncTrial { tr.Err = err.Error(); return tr }
 	if err := b.waitAll(ctx); err != nil {
 		return fail(err)
@@ -367,7 +392,7 @@ func (b *bench) resyncTrial(ctx context.Context) ResyncTrial {
 		return fail(errors.New("no primary view of n3 before the trial"))
 	}
 	n3.Kill()
-	if _, err := runFio(ctx, 10*time.Minute, fillArgs(n1.URI(resyncVolume), b.cfg.ResyncBytes)); err != nil {
+	if _, err := runFio(ctx, 10*time.Minute, append(fillArgs(n1.URI(resyncVolume), b.cfg.ResyncBytes), fmt.Sprintf("--offset=%d", off))); err != nil {
 		n3.Start(ctx)
 		return fail(fmt.Errorf("writing while n3 is away: %w", err))
 	}

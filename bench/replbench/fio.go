@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -46,7 +48,21 @@ type RunResult struct {
 	WriteP99Ns float64 `json:"write_p99_ns"`
 	FlushP50Ns float64 `json:"flush_p50_ns,omitempty"`
 	FlushP99Ns float64 `json:"flush_p99_ns,omitempty"`
-	Err        string  `json:"error,omitempty"`
+	// ServerCores is the CPU time of the target's server processes (the
+	// three nodes, or paddock serve) over the whole fio run divided by
+	// its wall time: how many cores the servers kept busy. FioCores is
+	// the same for fio (its own report).
+	ServerCores float64 `json:"server_cores"`
+	FioCores    float64 `json:"fio_cores"`
+	Err         string  `json:"error,omitempty"`
+}
+
+// CPUMicrosPerWrite is the servers' CPU time per write, 0 if unknown.
+func (r RunResult) CPUMicrosPerWrite() float64 {
+	if r.IOPS <= 0 || r.ServerCores <= 0 {
+		return 0
+	}
+	return r.ServerCores / r.IOPS * 1e6
 }
 
 type fioLat struct {
@@ -56,9 +72,11 @@ type fioLat struct {
 
 type fioOutput struct {
 	Jobs []struct {
-		Name  string `json:"jobname"`
-		Error int    `json:"error"`
-		Write struct {
+		Name   string  `json:"jobname"`
+		Error  int     `json:"error"`
+		UsrCPU float64 `json:"usr_cpu"`
+		SysCPU float64 `json:"sys_cpu"`
+		Write  struct {
 			IOPS     float64 `json:"iops"`
 			BWBytes  float64 `json:"bw_bytes"`
 			TotalIOs int64   `json:"total_ios"`
@@ -98,7 +116,8 @@ func ParseFio(out []byte) (RunResult, error) {
 		return RunResult{}, errors.New("fio wrote nothing")
 	}
 	r := RunResult{IOPS: j.Write.IOPS, BytesPerSecond: j.Write.BWBytes,
-		WriteP50Ns: j.Write.ClatNs.Percentiles["50.000000"], WriteP99Ns: j.Write.ClatNs.Percentiles["99.000000"]}
+		WriteP50Ns: j.Write.ClatNs.Percentiles["50.000000"], WriteP99Ns: j.Write.ClatNs.Percentiles["99.000000"],
+		FioCores: (j.UsrCPU + j.SysCPU) / 100}
 	if j.Sync.TotalIOs > 0 {
 		r.FlushP50Ns = j.Sync.LatNs.Percentiles["50.000000"]
 		r.FlushP99Ns = j.Sync.LatNs.Percentiles["99.000000"]
@@ -152,6 +171,31 @@ func runFio(ctx context.Context, limit time.Duration, args []string) (RunResult,
 		return RunResult{}, fmt.Errorf("fio: %v; stderr: %s", err, truncate(strings.TrimSpace(stderr.String()), 400))
 	}
 	return ParseFio(out)
+}
+
+// cpuSeconds is the user+system CPU time of the processes, from
+// /proc/PID/stat (clock ticks of 10 ms: USER_HZ is 100 on Linux).
+func cpuSeconds(pids []int) float64 {
+	var ticks int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// The command may hold spaces: fields count from after ")".
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i >= 0 {
+			s = s[i+1:]
+		}
+		fs := strings.Fields(s)
+		if len(fs) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(fs[11], 10, 64)
+		k, _ := strconv.ParseInt(fs[12], 10, 64)
+		ticks += u + k
+	}
+	return float64(ticks) / 100
 }
 
 func truncate(s string, n int) string {

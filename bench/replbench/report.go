@@ -172,6 +172,31 @@ func (r *Report) Markdown() string {
 		}
 	}
 	p("\n")
+	p("CPU (medians): the servers' CPU time per write in µs, and in brackets the cores kept busy by the servers / by fio (the three node processes for the replicated volumes: the secondaries' work counts).\n\n")
+	p("| workload |")
+	for _, t := range r.Targets {
+		p(" %s |", t.Label)
+	}
+	p("\n|---|")
+	for range r.Targets {
+		p("---:|")
+	}
+	p("\n")
+	for _, wn := range r.Workloads {
+		p("| %s |", wn)
+		for _, t := range r.Targets {
+			us, ok := r.cell(wn, t.Name, RunResult.CPUMicrosPerWrite)
+			sc, _ := r.cell(wn, t.Name, func(x RunResult) float64 { return x.ServerCores })
+			fc, _ := r.cell(wn, t.Name, func(x RunResult) float64 { return x.FioCores })
+			if ok {
+				p(" %s µs (%.2f / %.2f) |", fmtNum(us), sc, fc)
+			} else {
+				p(" failed |")
+			}
+		}
+		p("\n")
+	}
+	p("\n")
 	for _, f := range failed {
 		p("- failed run: %s\n", f)
 	}
@@ -192,13 +217,17 @@ func (r *Report) resyncMarkdown(b *strings.Builder) {
 			ok = append(ok, t)
 		}
 	}
-	p("Resync: a 3-replica volume of %s; in every repetition n3 is killed with `kill -9`, fio writes the whole volume (%s, 1 MiB sequential writes, QD16) through the primary on n1, n3 is restarted and `volume status` is polled every %v until every replica is UpToDate. %d of %d trials succeeded.\n\n",
-		humanMiB(r.ResyncBytes), humanMiB(r.ResyncBytes), resyncPollStep, len(ok), len(r.Resync))
+	p("Resync: a 3-replica volume of %s; in every repetition n3 is killed with `kill -9`, fio writes %s (1 MiB sequential writes, QD16) through the primary on n1 into one half of the volume (the halves in turn), n3 is restarted and `volume status` is polled every %v until every replica is UpToDate. From the second trial on, n3's activity log holds the extents the previous resync wrote, and n3 reports them when it returns. %d of %d trials succeeded.\n\n",
+		humanMiB(2*r.ResyncBytes), humanMiB(r.ResyncBytes), resyncPollStep, len(ok), len(r.Resync))
 	for i, t := range r.Resync {
 		if t.Err != "" {
 			p("- trial %d failed: %s\n", i+1, t.Err)
+		} else {
+			p("- trial %d: %s written at %s, %s missed, %s resent (%.2fx), %.2f s Syncing (%.0f MB/s)\n", i+1, humanMiB(t.WrittenBytes),
+				humanMiB(t.OffsetBytes), humanMiB(t.MissedBytes), humanMiB(t.ResentBytes), t.ResentRatio(), t.SyncingSeconds, t.SyncingBytesPerSecond()/1e6)
 		}
 	}
+	p("\n")
 	if len(ok) == 0 {
 		p("\n")
 		return

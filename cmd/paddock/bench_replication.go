@@ -23,7 +23,7 @@ func init() {
 		names = append(names, w.Name)
 	}
 	cmd := &cobra.Command{
-		Use:   "replication [--reps 3] [--runtime 5s] [--size 512M] [--resync 512M] [--json] [--out FILE] [--update BENCHMARKS.md]",
+		Use:   "replication [--reps 3] [--runtime 5s] [--size 512M] [--resync 256M] [--json] [--out FILE] [--update BENCHMARKS.md]",
 		Short: "fio on volumes of 1, 2 and 3 replicas against a single-node export; resync rate and bytes resent",
 		Long: `bench replication starts a 3-node cluster of "paddock node" processes on
 127.0.0.31-33 (this executable, data in a temporary directory under --dir,
@@ -39,7 +39,8 @@ every repetition:
                        latency of the write and of the flush
 
 then a resync trial: n3 is killed with kill -9, --resync bytes are written
-through the primary, n3 is restarted and "volume status" is polled until
+through the primary (into one half of a volume twice that size, the halves
+in turn), n3 is restarted and "volume status" is polled until
 every replica is UpToDate (the resync rate, and bytes resent / bytes
 missed). Every cell is the median over --reps. The markdown report goes to
 stdout (--json: JSON), to --out, and with --update into the "Replicated
@@ -107,7 +108,7 @@ It needs fio (apt-get install fio).`,
 	fl.DurationVar(&cfg.Runtime, "runtime", cfg.Runtime, "fio's measured time per run")
 	fl.DurationVar(&cfg.Ramp, "ramp", cfg.Ramp, "fio's ramp time before each measured run")
 	fl.StringVar(&size, "size", "512M", "size of every volume and of the baseline's file")
-	fl.StringVar(&resync, "resync", "512M", "bytes written while a replica is away (the resync volume's size)")
+	fl.StringVar(&resync, "resync", "256M", "bytes written while a replica is away (the resync volume is twice that)")
 	fl.BoolVar(&cfg.NoResync, "no-resync", false, "skip the resync trials")
 	fl.StringVar(&cfg.Workloads, "workloads", "", "comma-separated subset of: "+strings.Join(names, ","))
 	fl.StringVar(&cfg.Dir, "dir", cfg.Dir, "directory for the nodes' data and the baseline's file (tmpfs)")
