@@ -196,13 +196,19 @@ func UnmarshalBitmap(data []byte) (*Bitmap, error) {
 
 // Save writes the bitmap to path atomically and clears Dirty.
 func (b *Bitmap) Save(path string) error {
-	data, _ := b.MarshalBinary()
-	if err := atomicfile.Write(path, data, 0o600); err != nil {
-		return err
-	}
+	// Clear Dirty before taking the copy: a mark made while the file is
+	// written sets it again, so it is saved next time (clearing it after
+	// the write would lose that mark's Dirty).
 	b.mu.Lock()
 	b.dirty = false
 	b.mu.Unlock()
+	data, _ := b.MarshalBinary()
+	if err := atomicfile.Write(path, data, 0o600); err != nil {
+		b.mu.Lock()
+		b.dirty = true
+		b.mu.Unlock()
+		return err
+	}
 	return nil
 }
 
