@@ -208,7 +208,10 @@ func (r *Replica) Digests(off, length, regionBytes int64) ([]uint64, error) {
 	var out []uint64
 	for pos := off; pos < off+length; pos += regionBytes {
 		chunk := buf[:min(regionBytes, off+length-pos)]
-		if err := r.store.ReadAt(chunk, pos); err != nil {
+		// A block that fails its checksum is digested as it is: the
+		// digest then differs from a good copy's, which is the point.
+		var ce *ChecksumError
+		if err := r.store.ReadAt(chunk, pos); err != nil && !errors.As(err, &ce) {
 			return nil, err
 		}
 		out = append(out, xxhash.Sum64(chunk))
@@ -308,6 +311,19 @@ func (r *Replica) Handle(m *Message) *Message {
 		reply.Type = MsgDigestOK
 		for _, d := range ds {
 			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, d)
+		}
+		return reply
+	case MsgVerify:
+		if !inRange() {
+			return fail(fmt.Errorf("range %d+%d outside the volume (%d bytes)", m.Offset, m.Length, size))
+		}
+		bad, err := r.store.VerifyBlocks(int64(m.Offset), int64(m.Length))
+		if err != nil {
+			return fail(err)
+		}
+		reply.Type = MsgVerifyOK
+		for _, b := range bad {
+			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, uint64(b))
 		}
 		return reply
 	}

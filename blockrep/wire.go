@@ -43,6 +43,8 @@ const (
 	MsgDigest                        // digests of the regions of [Offset, Offset+Length); payload: region bytes u64
 	MsgDigestOK                      // payload: one u64 digest per region
 	MsgFailed                        // the request failed on the replica (I/O error); payload: the error text
+	MsgVerify                        // check the blocks of [Offset, Offset+Length) against their checksums
+	MsgVerifyOK                      // payload: the failing block numbers (u64 each)
 	msgTypeEnd
 )
 
@@ -63,6 +65,10 @@ const (
 	// MaxDigestRegions bounds one digest request: 4096 digests of 8 bytes.
 	MaxDigestRegions = 4096
 	maxTextBytes     = 1024
+	// MaxVerifyBytes bounds one verify request, and MaxVerifyBlocks the
+	// bad blocks one answer lists (all of them, at 4 KiB per block).
+	MaxVerifyBytes  = 16 << 20
+	MaxVerifyBlocks = MaxVerifyBytes / BlockBytes
 	maxHotExtents    = alMaxExtents
 
 	// Field offsets in the header.
@@ -86,6 +92,8 @@ func payloadLimit(t MsgType) int {
 		return 8
 	case MsgDigestOK:
 		return 8 * MaxDigestRegions
+	case MsgVerifyOK:
+		return 8 * MaxVerifyBlocks
 	}
 	return 0
 }
@@ -174,9 +182,13 @@ func (m *Message) check() error {
 		if uint64(m.Length) > rb*MaxDigestRegions {
 			return badf("digest of %d bytes: at most %d regions", m.Length, MaxDigestRegions)
 		}
-	case MsgDigestOK:
+	case MsgDigestOK, MsgVerifyOK:
 		if len(m.Payload)%8 != 0 {
-			return badf("digest answer of %d bytes", len(m.Payload))
+			return badf("%v of %d bytes", m.Type, len(m.Payload))
+		}
+	case MsgVerify:
+		if m.Length == 0 || m.Length > MaxVerifyBytes {
+			return badf("verify of %d bytes (1 to %d)", m.Length, MaxVerifyBytes)
 		}
 	case MsgRead, MsgZero:
 		if m.Length == 0 || m.Length > MaxPayloadBytes && m.Type == MsgRead {
@@ -264,7 +276,7 @@ func Decode(frame []byte) (*Message, error) {
 
 func (t MsgType) String() string {
 	names := [...]string{"", "Prepare", "Promise", "Refuse", "StoreGen", "StoreGenOK", "Write", "WriteOK", "Zero", "Flush", "FlushOK",
-		"SyncWrite", "Read", "ReadOK", "Digest", "DigestOK", "Failed"}
+		"SyncWrite", "Read", "ReadOK", "Digest", "DigestOK", "Failed", "Verify", "VerifyOK"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}

@@ -25,6 +25,8 @@ func sampleMessages() []*Message {
 		{Type: MsgDigest, Volume: 7, From: 1, Epoch: 9, Seq: 47, Offset: 0, Length: 1 << 20, Payload: []byte{0, 0, 0, 0, 0, 1, 0, 0}},
 		{Type: MsgDigestOK, Volume: 7, From: 2, Epoch: 9, Seq: 47, Payload: make([]byte, 16)},
 		{Type: MsgFailed, Volume: 7, From: 2, Seq: 48, Payload: []byte("input/output error")},
+		{Type: MsgVerify, Volume: 7, From: 1, Epoch: 9, Seq: 49, Offset: 0, Length: 1 << 20},
+		{Type: MsgVerifyOK, Volume: 7, From: 2, Epoch: 9, Seq: 49, Payload: make([]byte, 24)},
 	}
 }
 
@@ -77,6 +79,8 @@ func TestWireRefusesMalformed(t *testing.T) {
 		{Type: MsgRead, Epoch: 1},
 		{Type: MsgSyncWrite, Epoch: 1, Length: 2, Payload: []byte("x")},
 		{Type: MsgWriteOK, Epoch: 1, Payload: []byte("x")},
+		{Type: MsgVerify, Epoch: 1, Length: MaxVerifyBytes + 1},
+		{Type: MsgVerifyOK, Epoch: 1, Payload: []byte{1}},
 	}
 	for i, m := range bad {
 		if _, err := Encode(nil, m); !errors.Is(err, ErrBadMessage) {
