@@ -69,7 +69,7 @@ const (
 	// bad blocks one answer lists (all of them, at 4 KiB per block).
 	MaxVerifyBytes  = 16 << 20
 	MaxVerifyBlocks = MaxVerifyBytes / BlockBytes
-	maxHotExtents    = alMaxExtents
+	maxHotExtents   = alMaxExtents
 
 	// Field offsets in the header.
 	offLength     = 56
