@@ -36,7 +36,18 @@ type VolumeConfig struct {
 	// itself (epochs make a stale one harmless).
 	Primary     uint32 `json:"primary"`
 	RegionBytes int64  `json:"region_bytes,omitempty"` // resync granularity
+	// ScrubIntervalHours is the time between background scrubs of the
+	// primary; 0 means DefaultScrubIntervalHours.
+	ScrubIntervalHours int `json:"scrub_interval_hours,omitempty"`
 }
+
+// Background scrub: weekly (as Ceph's deep scrub and common ZFS practice),
+// at a rate that leaves the disks to the guests.
+const (
+	DefaultScrubIntervalHours  = 168
+	maxScrubIntervalHours      = 24 * 366
+	backgroundScrubBytesPerSec = 64 << 20
+)
 
 // Volume finds a volume by name.
 func (c *ClusterConfig) Volume(name string) (VolumeConfig, bool) {
@@ -107,6 +118,9 @@ func (c *ClusterConfig) validateVolumes() error {
 		case "", blockrep.Suspend, blockrep.IOError:
 		default:
 			return fmt.Errorf("volume %q: on-no-quorum %q: want suspend or io-error", v.Name, v.OnNoQuorum)
+		}
+		if v.ScrubIntervalHours < 0 || v.ScrubIntervalHours > maxScrubIntervalHours {
+			return fmt.Errorf("volume %q: scrub interval %d hours: 0 (weekly) to %d", v.Name, v.ScrubIntervalHours, maxScrubIntervalHours)
 		}
 		if rb := v.RegionBytes; rb != 0 && (rb < blockrep.BlockBytes || rb%blockrep.BlockBytes != 0 || rb > 64<<20) {
 			return fmt.Errorf("volume %q: resync granularity %d must be a multiple of %d up to 64 MiB", v.Name, rb, blockrep.BlockBytes)

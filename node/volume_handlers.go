@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,7 +26,17 @@ type VolumeCreateRequest struct {
 	WriteQuorum int      `json:"write_quorum,omitempty"`
 	OnNoQuorum  string   `json:"on_no_quorum,omitempty"`
 	RegionBytes int64    `json:"region_bytes,omitempty"`
+	// ScrubIntervalHours: between background scrubs; 0 means weekly.
+	ScrubIntervalHours int `json:"scrub_interval_hours,omitempty"`
 }
+
+// ScrubRequest asks for a verify (Repair false) or a scrub.
+type ScrubRequest struct {
+	Repair bool `json:"repair"`
+}
+
+// scrubTimeout bounds one scrub run from the CLI.
+const scrubTimeout = 6 * time.Hour
 
 // VolumePromoteRequest moves the primary role.
 type VolumePromoteRequest struct {
@@ -134,6 +145,19 @@ func (d *Daemon) volumeHandlers(mux *http.ServeMux) {
 		}
 		writeJSONResponse(w, http.StatusOK, map[string]string{"deleted": name})
 	})
+	mux.HandleFunc("POST /v1/volumes/{name}/scrub", func(w http.ResponseWriter, r *http.Request) {
+		var req ScrubRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		rep, err := d.scrubVolume(r.Context(), r.PathValue("name"), req.Repair)
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, rep)
+	})
 	mux.HandleFunc("POST /v1/volumes/{name}/promote", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		var req VolumePromoteRequest
@@ -230,7 +254,7 @@ func (d *Daemon) buildVolume(cur *ClusterConfig, req VolumeCreateRequest) (*Clus
 	id := next.NextVolumeID()
 	next.LastVolumeID = id
 	next.Volumes = append(next.Volumes, VolumeConfig{Name: req.Name, ID: id, SizeBytes: req.SizeBytes, Replicas: ids,
-		WriteQuorum: req.WriteQuorum, OnNoQuorum: req.OnNoQuorum, Primary: ids[0], RegionBytes: req.RegionBytes})
+		WriteQuorum: req.WriteQuorum, OnNoQuorum: req.OnNoQuorum, Primary: ids[0], RegionBytes: req.RegionBytes, ScrubIntervalHours: req.ScrubIntervalHours})
 	if err := next.Validate(); err != nil {
 		return nil, err
 	}
@@ -378,4 +402,71 @@ func (d *Daemon) fetchReport(ctx context.Context, cfg *ClusterConfig, nodeID uin
 	}
 	rep.Node, rep.NodeID = n.Name, nodeID
 	return rep
+}
+
+// scrubVolume runs a verify or scrub on the volume's primary: here, or on
+// the primary's node over the peer API.
+func (d *Daemon) scrubVolume(ctx context.Context, name string, repair bool) (blockrep.ScrubReport, error) {
+	cfg := d.config()
+	v, ok := cfg.Volume(name)
+	if !ok {
+		return blockrep.ScrubReport{}, fmt.Errorf("no volume named %q", name)
+	}
+	if v.Primary == d.loaded.Identity.ID {
+		p := d.vols.primaryOf(v.ID)
+		if p == nil {
+			return blockrep.ScrubReport{}, fmt.Errorf("volume %q has no serving primary on this node yet", name)
+		}
+		return p.Scrub(ctx, repair, 0)
+	}
+	n, _ := cfg.Node(v.Primary)
+	body, _ := json.Marshal(ScrubRequest{Repair: repair})
+	req, err := http.NewRequestWithContext(ctx, "POST", "https://"+n.ClusterAddr+"/peer/v1/volumes/"+strconv.FormatUint(v.ID, 10)+"/scrub", bytes.NewReader(body))
+	if err != nil {
+		return blockrep.ScrubReport{}, err
+	}
+	client := &http.Client{Timeout: scrubTimeout, Transport: &http.Transport{TLSClientConfig: d.loaded.PKI.ClientTLS()}}
+	resp, err := client.Do(req)
+	if err != nil {
+		return blockrep.ScrubReport{}, fmt.Errorf("asking the primary %s: %w", n.Name, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return blockrep.ScrubReport{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return blockrep.ScrubReport{}, fmt.Errorf("primary %s: %s", n.Name, bytes.TrimSpace(data))
+	}
+	var rep blockrep.ScrubReport
+	return rep, json.Unmarshal(data, &rep)
+}
+
+// peerScrubHandler runs a scrub for another node's CLI.
+func (d *Daemon) peerScrubHandler(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		http.Error(w, "a cluster certificate is required", http.StatusUnauthorized)
+		return
+	}
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		http.Error(w, "bad volume id", http.StatusBadRequest)
+		return
+	}
+	var req ScrubRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	p := d.vols.primaryOf(id)
+	if p == nil {
+		http.Error(w, "this node is not serving the volume as primary", http.StatusConflict)
+		return
+	}
+	rep, err := p.Scrub(r.Context(), req.Repair, 0)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	writeJSONResponse(w, http.StatusOK, rep)
 }

@@ -59,6 +59,10 @@ type localVolume struct {
 	promoteErr string
 	fwd        *nbd.Client
 	fwdTo      uint32
+	// lastScrub is when the background scrub last started here.
+	lastScrub       time.Time
+	scrubbing       bool
+	lastScrubReport *blockrep.ScrubReport
 }
 
 func newVolumeManager(d *Daemon) *volumeManager {
@@ -178,6 +182,17 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 			// or a fence): try again, with a higher epoch.
 			lv.primary.Close()
 			lv.primary = nil
+		case v.Primary == self && lv.primary != nil && !lv.scrubbing:
+			every := time.Duration(v.ScrubIntervalHours) * time.Hour
+			if every == 0 {
+				every = DefaultScrubIntervalHours * time.Hour
+			}
+			if lv.lastScrub.IsZero() {
+				lv.lastScrub = time.Now() // the first one an interval after promotion
+			} else if time.Since(lv.lastScrub) > every {
+				lv.scrubbing, lv.lastScrub = true, time.Now()
+				go m.backgroundScrub(ctx, lv, lv.primary)
+			}
 		case v.Primary == self && lv.primary == nil && !lv.promoting && lv.replica != nil:
 			if !quorate {
 				lv.promoteErr = "this node's partition is not quorate: it does not promote"
@@ -484,4 +499,33 @@ func (b *volumeBackend) Trim(off, length int64, fua bool) error {
 func (b *volumeBackend) Zero(off, length int64, noHole, fast, fua bool) error {
 	return b.do(func(pr *blockrep.Primary) error { return pr.Zero(off, length, noHole, fast, fua) },
 		func(c *nbd.Client) error { return c.Zero(off, length, fuaFlag(fua)) })
+}
+
+// primaryOf is the local primary of a volume, or nil.
+func (m *volumeManager) primaryOf(id uint64) *blockrep.Primary {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, lv := range m.vols {
+		if lv.cfg.ID == id {
+			return lv.primary
+		}
+	}
+	return nil
+}
+
+// backgroundScrub scrubs and repairs at a limited rate.
+func (m *volumeManager) backgroundScrub(ctx context.Context, lv *localVolume, p *blockrep.Primary) {
+	rep, err := p.Scrub(ctx, true, backgroundScrubBytesPerSec)
+	m.mu.Lock()
+	lv.scrubbing = false
+	lv.lastScrubReport = &rep
+	m.mu.Unlock()
+	switch {
+	case err != nil:
+		m.log.Warn("background scrub stopped", "volume", lv.cfg.Name, "err", err)
+	case !rep.Clean():
+		m.log.Warn("background scrub found and repaired damage", "volume", lv.cfg.Name, "report", fmt.Sprintf("%+v", rep.Nodes))
+	default:
+		m.log.Info("background scrub clean", "volume", lv.cfg.Name, "bytes", rep.BytesScanned, "seconds", rep.Seconds)
+	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/paddock-io/paddock/blockrep"
 	"github.com/paddock-io/paddock/node"
 )
 
@@ -99,6 +100,7 @@ smaller means less resent after an outage, more memory (one bit each).`,
 	create.Flags().IntVar(&req.WriteQuorum, "write-quorum", 0, "replicas that must accept a write (default: a majority)")
 	create.Flags().StringVar(&req.OnNoQuorum, "on-no-quorum", "suspend", "suspend or io-error")
 	create.Flags().StringVar(&region, "resync-granularity", "", "out-of-sync region size (default 64K)")
+	create.Flags().IntVar(&req.ScrubIntervalHours, "scrub-interval-hours", 0, "hours between background scrubs (default 168, weekly)")
 	addCommon(create, true)
 	volCmd.AddCommand(create)
 
@@ -192,6 +194,60 @@ promotion fails and "volume status" says why).`,
 	promote.MarkFlagRequired("node")
 	addCommon(promote, false)
 	volCmd.AddCommand(promote)
+
+	for _, repair := range []bool{false, true} {
+		use, short, long := "verify NAME", "Compare the replicas online (digests and block checksums); change nothing",
+			`verify has the primary check every block of every replica against its
+checksum (each replica reads its own disk) and compare the replicas region
+by region by 64-bit digests (only digests cross the network). It reports
+what differs and changes nothing; exit status 0 when all is clean, 3 when
+something was found. Client I/O goes on meanwhile.`
+		if repair {
+			use, short, long = "scrub NAME", "Find silent corruption and repair it from a good copy",
+				`scrub does what verify does and repairs: a bad block on the primary is
+read from a replica whose copy passes its checksum; a bad block or a
+differing region on a replica is sent from the primary. Exit status 0 when
+the volume was clean or is now repaired, 1 when a repair failed. Every
+primary also scrubs in the background (--scrub-interval-hours at create,
+weekly by default, at a limited rate).`
+		}
+		cmd := &cobra.Command{
+			Use: use, Short: short, Long: long, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				var rep blockrep.ScrubReport
+				c := node.NewControlClient(node.DataDir{Path: dataDir}, 6*time.Hour)
+				if err := c.Call("POST", "/v1/volumes/"+args[0]+"/scrub", node.ScrubRequest{Repair: repair}, &rep); err != nil {
+					return err
+				}
+				if asJSON {
+					if err := printJSON(rep); err != nil {
+						return err
+					}
+				} else {
+					fmt.Printf("%s of %s: %s scanned in %.1fs\n", map[bool]string{false: "verify", true: "scrub"}[repair], args[0], humanBytes(rep.BytesScanned), rep.Seconds)
+					tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "NODE\tBAD BLOCKS\tDIFFERENT REGIONS\tREPAIRED\tERROR")
+					for _, n := range rep.Nodes {
+						fmt.Fprintf(tw, "%d\t%d %v\t%d\t%s\t%s\n", n.Node, n.BadBlockCount, n.BadBlocks, n.DifferentRegions, humanBytes(n.Repaired), n.Error)
+					}
+					tw.Flush()
+				}
+				failed := false
+				for _, n := range rep.Nodes {
+					failed = failed || n.Error != ""
+				}
+				switch {
+				case failed || !rep.Complete:
+					return &exitError{code: 1, err: fmt.Errorf("%s did not complete on every replica", use[:5])}
+				case !repair && !rep.Clean():
+					return &exitError{code: 3, err: fmt.Errorf("replicas of %s differ or hold corrupt blocks: run \"paddock volume scrub %s\"", args[0], args[0])}
+				}
+				return nil
+			},
+		}
+		addCommon(cmd, true)
+		volCmd.AddCommand(cmd)
+	}
 
 	rootCmd.AddCommand(volCmd)
 }
