@@ -78,6 +78,8 @@ type ClusterConfig struct {
 	// Volumes are the replicated volumes (node/volume_config.go).
 	Volumes      []VolumeConfig `json:"volumes,omitempty"`
 	LastVolumeID uint64         `json:"last_volume_id,omitempty"`
+	// Fence holds the fence devices and levels (node/fence_config.go).
+	Fence *FenceConfig `json:"fence,omitempty"`
 }
 
 // Identity is this node's own record.
@@ -194,7 +196,10 @@ func (c *ClusterConfig) Validate() error {
 			return fmt.Errorf("witness address %s is used by %s", w.Addr, other)
 		}
 	}
-	return c.validateVolumes()
+	if err := c.validateVolumes(); err != nil {
+		return err
+	}
+	return c.validateFence()
 }
 
 // sortedNodes returns the nodes ordered by id.

@@ -87,6 +87,7 @@ type VolumeListEntry struct {
 const peerStatusTimeout = 3 * time.Second
 
 func (d *Daemon) volumeHandlers(mux *http.ServeMux) {
+	d.fenceHandlers(mux) // node/fence_handlers.go
 	mux.HandleFunc("POST /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
 		var req VolumeCreateRequest
 		if err := decodeBody(r, &req); err != nil {

@@ -49,6 +49,7 @@ type volumeManager struct {
 
 	nbd *nbd.Server
 	rep *blockrep.Server
+	ha  *haAgent
 }
 
 type localVolume struct {
@@ -69,6 +70,12 @@ func newVolumeManager(d *Daemon) *volumeManager {
 	m := &volumeManager{d: d, log: d.log.With("part", "volumes"), dir: filepath.Join(d.dir.Path, "volumes"),
 		vols: map[string]*localVolume{}, wake: make(chan struct{}, 1)}
 	m.rep = &blockrep.Server{Self: blockrep.NodeID(d.loaded.Identity.ID), Lookup: m.lookupReplica, Logger: m.log}
+	var err error
+	if m.ha, err = newHAAgent(m); err != nil {
+		// The configuration's token timeout was validated; a lease that
+		// cannot be built from it is a bug.
+		panic(err)
+	}
 	return m
 }
 
@@ -100,6 +107,7 @@ func (m *volumeManager) run(ctx context.Context) error {
 	}
 	go m.nbd.Serve(nln)
 	go m.serveReplication(ctx, rln)
+	go m.ha.run(ctx)
 	m.log.Info("serving volumes", "nbd", me.StorageAddr, "replication", raddr)
 	t := time.NewTicker(reconcileMs * time.Millisecond)
 	defer t.Stop()
@@ -196,6 +204,10 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 		case v.Primary == self && lv.primary == nil && !lv.promoting && lv.replica != nil:
 			if !quorate {
 				lv.promoteErr = "this node's partition is not quorate: it does not promote"
+				continue
+			}
+			if !m.ha.mayPromote() {
+				lv.promoteErr = "this node's lease is not held yet (it was inquorate or paused): it does not promote"
 				continue
 			}
 			lv.promoting = true

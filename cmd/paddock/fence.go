@@ -22,8 +22,14 @@ var fenceCmd = &cobra.Command{
 	Use:   "fence",
 	Short: "Fence agents and devices",
 	Long: `Fencing makes sure a lost node can no longer touch its volumes before
-another node takes them over. These commands run a ClusterLabs fence agent
-(Debian's fence-agents package) directly, without a daemon.`,
+another node takes them over. "agent-test" and "agent-metadata" run a
+ClusterLabs fence agent (Debian's fence-agents package) directly, without a
+daemon, to try a device's parameters. "device", "level" and "settings" put
+devices and per-node levels into the cluster configuration; the survivors
+of a node loss then fence it before they promote replicas of its volumes
+(or, without levels, wait out its self-fence lease). "node" fences by hand,
+"test" asks a configured device for the power status, "show" prints the
+configuration and the fence history.`,
 }
 
 func init() {

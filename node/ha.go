@@ -1,0 +1,265 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/paddock-io/paddock/blockrep"
+	"github.com/paddock-io/paddock/fence"
+)
+
+// HA: what a node does when a volume's primary is lost, and when it loses
+// quorum itself.
+//
+//   - Self-fence. Every node runs the lease of package fence on its own
+//     quorum: once inquorate past the lease (2 x token by default), it
+//     closes every primary it holds, so it acknowledges no write and
+//     serves no read (its NBD clients wait, then get EIO). With quorum
+//     back it promotes itself again only if the configuration still
+//     says so (a new epoch).
+//   - Recovery. In a quorate partition one node acts: the member with the
+//     lowest id. Two partitions cannot both be quorate, so two nodes never
+//     act at once; and if they did, the epoch rule would still let only
+//     one primary get writes acknowledged (this choice is for liveness,
+//     not safety). For each volume whose primary is not a member, the
+//     acting node fences that node through its levels (if it has any),
+//     and once the fence is verified, or once the lost node's lease has
+//     surely run out (fence.LeaseConfig.PromoteNotBeforeMs, with a margin
+//     for clock drift), it moves the primary role to the replica with the
+//     newest generation among the members. That node promotes itself
+//     (epoch + 1 on a quorum of replicas), which is also the storage
+//     fence: the old primary's epoch is refused from then on.
+//   - An inquorate node never fences and never promotes.
+
+// haTickMs is how often the lease is fed and recovery re-checked (the
+// lease needs well under its stall time, token/2).
+const haTickMs = 100
+
+// fenceRetryMs spaces attempts to fence a node whose fence failed.
+const fenceRetryMs = 5000
+
+type haAgent struct {
+	m       *volumeManager
+	log     *slog.Logger
+	lease   *fence.Lease
+	fencer  *fence.Fencer
+	history *fence.History
+
+	mu         sync.Mutex
+	lostAt     map[uint32]int64 // ms, when this node first saw it missing
+	fenced     map[uint32]bool
+	fencing    map[uint32]bool
+	lastFence  map[uint32]int64
+	proposing  map[string]bool
+	leaseState fence.LeaseState
+}
+
+func newHAAgent(m *volumeManager) (*haAgent, error) {
+	lease, err := fence.NewLease(fence.LeaseConfig{TokenTimeoutMs: m.d.config().TokenMs})
+	if err != nil {
+		return nil, err
+	}
+	h := fence.NewHistory(0)
+	a := &haAgent{m: m, log: m.log.With("part", "ha"), lease: lease, history: h,
+		lostAt: map[uint32]int64{}, fenced: map[uint32]bool{}, fencing: map[uint32]bool{},
+		lastFence: map[uint32]int64{}, proposing: map[string]bool{}}
+	a.fencer = fence.NewFencer(&fence.AgentRunner{Logger: a.log}, h, a.log)
+	return a, nil
+}
+
+func (a *haAgent) run(ctx context.Context) {
+	t := time.NewTicker(haTickMs * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.tick(ctx)
+		}
+	}
+}
+
+func nowMs() int64 { return time.Now().UnixMilli() }
+
+func (a *haAgent) tick(ctx context.Context) {
+	d := a.m.d
+	d.mu.Lock()
+	quorate := d.status.Quorum.Quorate
+	members := slices.Clone(d.status.Quorum.Members)
+	d.mu.Unlock()
+	now := nowMs()
+	st := a.lease.Observe(now, quorate)
+	a.mu.Lock()
+	a.leaseState = st
+	a.mu.Unlock()
+	if !st.MayAck {
+		a.m.selfFence(fmt.Sprintf("self-fenced: lease %s (inquorate)", st.Phase))
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !quorate {
+		// An inquorate node never acts; it forgets what it saw.
+		clear(a.lostAt)
+		return
+	}
+	cfg := d.config()
+	self := d.loaded.Identity.ID
+	for _, n := range cfg.Nodes {
+		if slices.Contains(members, n.ID) {
+			delete(a.lostAt, n.ID)
+			delete(a.fenced, n.ID)
+			continue
+		}
+		if _, ok := a.lostAt[n.ID]; !ok {
+			a.lostAt[n.ID] = now
+		}
+	}
+	if len(members) == 0 || slices.Min(members) != self {
+		return
+	}
+	// A node that has not caught up with the newest configuration a
+	// member announces does not act on an old one.
+	for _, v := range d.peerVersions() {
+		if v > cfg.Version {
+			return
+		}
+	}
+	waitCfg := a.lease.Config()
+	for _, v := range cfg.Volumes {
+		lost, ok := a.lostAt[v.Primary]
+		if !ok || a.proposing[v.Name] {
+			continue
+		}
+		victim, _ := cfg.Node(v.Primary)
+		plan, _ := cfg.fencePlan(victim.Name, false)
+		if len(plan.Levels) > 0 && !a.fenced[v.Primary] && !a.fencing[v.Primary] && now-a.lastFence[v.Primary] > fenceRetryMs {
+			a.fencing[v.Primary], a.lastFence[v.Primary] = true, now
+			go a.fence(ctx, v.Primary, plan)
+		}
+		if !a.fenced[v.Primary] && now < waitCfg.PromoteNotBeforeMs(lost) {
+			continue
+		}
+		a.proposing[v.Name] = true
+		go a.failover(ctx, v, members)
+	}
+}
+
+// fence runs a node's fence plan and remembers a success.
+func (a *haAgent) fence(ctx context.Context, node uint32, plan fence.Plan) (fence.Outcome, error) {
+	a.log.Warn("fencing a lost node", "target", plan.Target, "levels", len(plan.Levels))
+	out, err := a.fencer.Fence(ctx, plan)
+	a.mu.Lock()
+	a.fencing[node] = false
+	if err == nil && out.OK {
+		a.fenced[node] = true
+	}
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Error("fence failed; the lease will be waited out instead", "target", plan.Target, "err", err)
+	} else {
+		a.log.Warn("fenced", "target", plan.Target, "level", out.Level, "duration_ms", out.DurationMs)
+	}
+	return out, err
+}
+
+// failover moves a volume's primary role to the member replica with the
+// newest generation.
+func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32) {
+	defer func() {
+		a.mu.Lock()
+		delete(a.proposing, v.Name)
+		a.mu.Unlock()
+	}()
+	d := a.m.d
+	cfg := d.config()
+	var best uint32
+	var bestGen blockrep.Gen
+	for _, id := range v.Replicas {
+		if id == v.Primary || !slices.Contains(members, id) {
+			continue
+		}
+		rep := d.fetchReport(ctx, cfg, id, v.ID)
+		if rep.Voter == nil || !slices.Contains(rep.Voter.Members, blockrep.NodeID(id)) {
+			continue // not up to date: it cannot become primary
+		}
+		if best == 0 || bestGen.Less(rep.Voter.Gen) {
+			best, bestGen = id, rep.Voter.Gen
+		}
+	}
+	if best == 0 {
+		a.log.Error("no up-to-date replica among the members; the volume waits for its primary", "volume", v.Name, "lost_primary", v.Primary)
+		time.Sleep(time.Second)
+		return
+	}
+	_, err := d.conf.Propose(ctx, func(cur *ClusterConfig) (*ClusterConfig, error) {
+		cv, ok := cur.Volume(v.Name)
+		if !ok || cv.Primary != v.Primary {
+			return nil, fmt.Errorf("volume %s changed meanwhile", v.Name)
+		}
+		next := cloneConfig(cur)
+		for i := range next.Volumes {
+			if next.Volumes[i].Name == v.Name {
+				next.Volumes[i].Primary = best
+			}
+		}
+		return next, nil
+	})
+	n, _ := cfg.Node(best)
+	if err != nil {
+		a.log.Error("failover: configuration change failed", "volume", v.Name, "to", n.Name, "err", err)
+		return
+	}
+	a.log.Warn("failover: primary role moved", "volume", v.Name, "from", v.Primary, "to", n.Name, "generation", bestGen)
+}
+
+// HAStatus is what "paddock fence history" and status show.
+type HAStatus struct {
+	Lease   fence.LeaseState     `json:"lease"`
+	Lost    map[uint32]int64     `json:"lost_since_ms,omitempty"`
+	Fenced  []uint32             `json:"fenced,omitempty"`
+	History []fence.HistoryEntry `json:"history"`
+	Counts  []fence.HistoryCount `json:"counts"`
+}
+
+func (a *haAgent) status() HAStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := HAStatus{Lease: a.leaseState, Lost: map[uint32]int64{}, History: a.history.Entries(), Counts: a.history.Counts()}
+	for k, v := range a.lostAt {
+		st.Lost[k] = v
+	}
+	for k, ok := range a.fenced {
+		if ok {
+			st.Fenced = append(st.Fenced, k)
+		}
+	}
+	slices.Sort(st.Fenced)
+	return st
+}
+
+// selfFence closes every primary this node holds.
+func (m *volumeManager) selfFence(why string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, lv := range m.vols {
+		if lv.primary != nil {
+			m.log.Error("self-fence: closing the primary; it acknowledges nothing more", "volume", lv.cfg.Name, "why", why)
+			lv.primary.Close()
+			lv.primary = nil
+			lv.promoteErr = why
+		}
+	}
+}
+
+// mayPromote says whether this node's own lease allows it to hold a
+// primary role now.
+func (a *haAgent) mayPromote() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.leaseState.MayAck
+}
