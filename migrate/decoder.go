@@ -38,7 +38,13 @@ type Decoder struct {
 	frame    Frame
 	zdec     *zstd.Decoder
 	touched  *Bitmap // pages ApplyPages wrote, if set
+	skipZero bool    // RAM is fresh: zero run frames need no write
 }
+
+// SetSkipZero says whether the RAM under zero run frames is known to be
+// zero already (fresh RAM during the bulk pass): they are then neither
+// written, which would allocate the pages, nor marked touched.
+func (d *Decoder) SetSkipZero(skip bool) { d.skipZero = skip }
 
 // decoderBufferBytes matches the encoder's buffer.
 const decoderBufferBytes = 256 << 10
@@ -130,6 +136,11 @@ func (d *Decoder) ApplyPages(f *Frame, ram []byte) (PageStats, error) {
 	st.PayloadBytes = uint64(len(f.Payload))
 	if f.Encoding == EncBatch {
 		return d.applyBatch(f, ram, st)
+	}
+	if f.Encoding == EncZero && d.skipZero {
+		st.Pages = uint64(f.Count)
+		st.add(f.Encoding, uint64(f.Count))
+		return st, nil
 	}
 	dst := ram[f.Index*PageBytes : (f.Index+uint64(f.Count))*PageBytes]
 	if err := d.decodeInto(f.Encoding, dst, f.Payload); err != nil {

@@ -43,6 +43,28 @@ func (d *RAMDigest) checkRAM(ram []byte) {
 	}
 }
 
+// zeroChunkCRC is the checksum of an all-zero full chunk.
+var zeroChunkCRC = crc32.Checksum(make([]byte, DigestChunkBytes), castagnoli)
+
+// SetZero sets every chunk to the checksum of zeros without reading RAM:
+// for fresh RAM (a new memfd reads as zero), where reading would allocate
+// every page.
+func (d *RAMDigest) SetZero() {
+	for c := range d.crcs {
+		d.SetChunkZero(c)
+	}
+}
+
+// SetChunkZero records chunk c as all zero without reading it.
+func (d *RAMDigest) SetChunkZero(c int) {
+	n := min(DigestChunkBytes, d.ramBytes-c*DigestChunkBytes)
+	if n == DigestChunkBytes {
+		d.crcs[c] = zeroChunkCRC
+		return
+	}
+	d.crcs[c] = crc32.Checksum(make([]byte, n), castagnoli)
+}
+
 // UpdateChunk rehashes chunk c of ram.
 func (d *RAMDigest) UpdateChunk(ram []byte, c int) {
 	d.checkRAM(ram)

@@ -203,6 +203,9 @@ func (d *dest) receive(ctx context.Context, conn Conn, enc *Encoder, dec *Decode
 	if err != nil {
 		return outcomeFailed, err
 	}
+	// PrepareRAM gave fresh RAM: it reads as zero, and reading it would
+	// allocate it.
+	digest.SetZero()
 	streams := conn.Pages()
 	n := len(streams)
 	events := make(chan destEvent, 2*n+4)
@@ -359,6 +362,10 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 	defer dec.Close()
 	touched := NewBitmap(int(ramPages))
 	dec.SetTouched(touched)
+	// Round 0 writes into fresh RAM: zero pages are there already.
+	dec.SetSkipZero(true)
+	populated := NewBitmap((int(ramPages) + chunkPages - 1) / chunkPages)
+	populate, round0 := true, true
 	for {
 		f, err := dec.Next()
 		if err != nil {
@@ -370,6 +377,24 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 		}
 		switch f.Type {
 		case FramePages:
+			if populate && !(f.Encoding == EncZero && round0) {
+				// Allocate a chunk's pages in one call before its
+				// first write rather than one fault per page.
+				last := f.Index
+				if f.Encoding != EncBatch {
+					last = min(f.Index+uint64(f.Count), ramPages) - 1
+				}
+				for c := int(f.Index / chunkPages); c <= int(last/chunkPages); c++ {
+					if !populated.Test(c) {
+						populated.Set(c)
+						from, to := c*chunkPages*PageBytes, min((c+1)*chunkPages, int(ramPages))*PageBytes
+						if PopulateWrite(d.ram[from:to]) != nil {
+							populate = false
+							break
+						}
+					}
+				}
+			}
 			s, err := dec.ApplyPages(f, d.ram)
 			if err != nil {
 				send(destEvent{stream: i, err: fmt.Errorf("page stream %d: %w", i, err)})
@@ -389,6 +414,8 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 				p = touched.NextSet((c + 1) * chunkPages)
 			}
 			touched.Reset()
+			round0 = false
+			dec.SetSkipZero(false)
 			if !send(destEvent{stream: i, frame: Frame{Type: FrameRoundEnd, Index: f.Index}}) {
 				return
 			}

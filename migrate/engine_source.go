@@ -533,8 +533,18 @@ func init() {
 
 // sendAll is stream i's share of the bulk pass.
 func (s *source) sendAll(e *Encoder, i, n int) error {
+	mg, _ := s.g.(interface{ Memory() *Memory })
 	for c := i; c*chunkPages < s.pages; c += n {
 		from, to := c*chunkPages, min((c+1)*chunkPages, s.pages)
+		if mg != nil && mg.Memory().IsHole(int64(from)*PageBytes, int64(to-from)*PageBytes) {
+			// Never written: zero, and reading it would allocate it.
+			if err := e.writeZeroRun(uint64(from), to-from); err != nil {
+				return err
+			}
+			s.digest.SetChunkZero(c)
+			s.sentPgs.Add(uint64(to - from))
+			continue
+		}
 		if err := e.WriteRun(uint64(from), s.ram[from*PageBytes:to*PageBytes]); err != nil {
 			return err
 		}

@@ -144,3 +144,31 @@ func (m *Memory) Close() error {
 	m.fd = -1
 	return first
 }
+
+// madvPopulateWrite is MADV_POPULATE_WRITE (Linux 5.14): fault pages in
+// writable, in one call.
+const madvPopulateWrite = 23
+
+// PopulateWrite allocates and maps the pages of b (a page-aligned part of
+// a mapping) in one call. Faulting shmem pages one by one costs ~17 µs a
+// page here under parallel writers, a populate ~1.2 µs: the destination
+// populates a chunk before it first writes it. An error (an old kernel)
+// only means the pages fault in as they are written.
+func PopulateWrite(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	return unix.Madvise(b, madvPopulateWrite)
+}
+
+// IsHole reports whether [offBytes, offBytes+lengthBytes) of the memfd
+// holds no allocated page: it reads as zero, and reading it through the
+// mapping would allocate every page. The source's bulk pass sends such
+// ranges as zero without touching them.
+func (m *Memory) IsHole(offBytes, lengthBytes int64) bool {
+	next, err := unix.Seek(m.fd, offBytes, unix.SEEK_DATA)
+	if err == unix.ENXIO {
+		return true // no data at or after offBytes
+	}
+	return err == nil && next >= offBytes+lengthBytes
+}
