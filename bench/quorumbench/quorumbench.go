@@ -45,8 +45,9 @@ type Result struct {
 	FalseLosses  int           `json:"false_losses"`
 	// Witness: the cluster had a witness; WitnessLapses counts the times
 	// in the soak a node's status showed the witness's vote not counted.
-	Witness       bool `json:"witness"`
-	WitnessLapses int  `json:"witness_lapses"`
+	Witness           bool    `json:"witness"`
+	WitnessLapses     int     `json:"witness_lapses"`
+	WitnessLapseMaxMs float64 `json:"witness_lapse_max_ms"`
 }
 
 type bnode struct {
@@ -230,30 +231,48 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		res.SoakDuration = cfg.Soak
 		end := time.Now().Add(cfg.Soak)
-		lost, lapsed := false, false
+		// Episodes are counted per node: a loss (or lapse) that lasts
+		// several polls counts once.
+		lost := map[string]bool{}
+		lapsedSince := map[string]time.Time{}
+		endLapse := func(name string) {
+			if t, ok := lapsedSince[name]; ok {
+				res.WitnessLapseMaxMs = max(res.WitnessLapseMaxMs, float64(time.Since(t).Microseconds())/1000)
+				delete(lapsedSince, name)
+			}
+		}
 		for time.Now().Before(end) && ctx.Err() == nil {
 			for _, n := range nodes {
 				s, err := n.status()
 				if err != nil || s.Nodes != 3 || !s.Quorum.Quorate {
-					if !lost {
+					if !lost[n.name] {
 						res.FalseLosses++
 						fmt.Fprintf(cfg.Log, "false loss seen by %s at %s\n", n.name, time.Now().Format(time.TimeOnly))
 					}
-					lost = true
+					lost[n.name] = true
 				} else {
-					lost = false
+					lost[n.name] = false
 				}
-				if cfg.Witness && err == nil && (s.Quorum.Witness == nil || !s.Quorum.Witness.Vote) {
-					if !lapsed {
+				switch {
+				case !cfg.Witness || err != nil:
+				case s.Quorum.Witness == nil || !s.Quorum.Witness.Vote:
+					if _, ok := lapsedSince[n.name]; !ok {
 						res.WitnessLapses++
-						fmt.Fprintf(cfg.Log, "witness vote lapsed on %s at %s\n", n.name, time.Now().Format(time.TimeOnly))
+						lapsedSince[n.name] = time.Now()
+						why := "no witness status"
+						if s.Witness != nil {
+							why = s.Witness.Text()
+						}
+						fmt.Fprintf(cfg.Log, "witness vote lapsed on %s at %s: %s\n", n.name, time.Now().Format(time.TimeOnly), why)
 					}
-					lapsed = true
-				} else if err == nil {
-					lapsed = false
+				default:
+					endLapse(n.name)
 				}
 			}
 			time.Sleep(20 * time.Millisecond)
+		}
+		for name := range lapsedSince {
+			endLapse(name)
 		}
 	}
 	return res, ctx.Err()
@@ -353,7 +372,7 @@ func (r *Result) Markdown(command string) string {
 	if r.SoakDuration > 0 {
 		fmt.Fprintf(&b, "\nSoak: %v of a 3-node cluster%s%s, membership polled every 20 ms on every node: %d false losses", r.SoakDuration, witness, load, r.FalseLosses)
 		if r.Witness {
-			fmt.Fprintf(&b, ", %d lapses of the witness's vote", r.WitnessLapses)
+			fmt.Fprintf(&b, ", %d lapses of the witness's vote (longest %.0f ms)", r.WitnessLapses, r.WitnessLapseMaxMs)
 		}
 		b.WriteString(".\n")
 	}

@@ -162,7 +162,10 @@ func (c *Client) Run(ctx context.Context) {
 		c.mu.Lock()
 		wasConnected := c.connected
 		c.connected = false
-		c.answered, c.vote, c.voteUntilMs = false, nil, 0
+		// A grant stays until its lease ends, connection or not: the
+		// witness counts it until then too. A new connection must be
+		// answered afresh.
+		c.answered = false
 		if err != nil && ctx.Err() == nil {
 			c.lastErr = err.Error()
 		}
@@ -208,9 +211,12 @@ func (c *Client) session(ctx context.Context) error {
 	readErr := make(chan error, 1)
 	go func() {
 		for {
-			// Verdicts come at least every report interval while the
-			// witness is well; silence for a lease means it is not.
-			conn.SetReadDeadline(time.Now().Add(time.Duration(max(c.cfg.LeaseMs, 2*c.cfg.IntervalMs)) * time.Millisecond))
+			// Verdicts come every report interval while the witness is
+			// well. The vote does not depend on the connection (its
+			// lease ends it), so this only finds a dead connection, and
+			// is long enough that a busy machine does not cause a
+			// reconnect: four leases.
+			conn.SetReadDeadline(time.Now().Add(time.Duration(4*c.cfg.LeaseMs) * time.Millisecond))
 			e, err := ReadFrame(conn)
 			if err != nil {
 				readErr <- err

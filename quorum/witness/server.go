@@ -374,6 +374,12 @@ func (s *Server) decideLocked(asker *serverConn) {
 		case c.report.ConfigVersion < s.state.ConfigVersion:
 			v.Reason = fmt.Sprintf("this node runs configuration version %d; the newest is %d", c.report.ConfigVersion, s.state.ConfigVersion)
 		case !slices.Contains(fresh, c):
+			if c != asker {
+				// Its lease runs out on its own; a report of it may be
+				// on the way (a busy machine), and a denial now would
+				// end a lease the node may still rightly count.
+				continue
+			}
 			v.Reason = "this node's last report is older than its lease"
 		case d.Grants(c.id):
 			v.Granted, v.Membership, v.LeaseMs = true, d.Winner, c.report.LeaseMs
