@@ -222,9 +222,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					return nil, err
 				}
 				pids := b.pids(t)
-				cpu0, t0 := cpuSeconds(pids), time.Now()
+				cpu0, sw0, t0 := cpuSeconds(pids), contextSwitches(pids), time.Now()
 				res, err := runFio(ctx, limit, measuredArgs(w, b.uris[t.Name], cfg.Runtime, cfg.Ramp, cfg.SizeBytes))
-				res.ServerCores = (cpuSeconds(pids) - cpu0) / time.Since(t0).Seconds()
+				wall := time.Since(t0).Seconds()
+				res.ServerCores = (cpuSeconds(pids) - cpu0) / wall
+				res.ServerSwitches = (contextSwitches(pids) - sw0) / wall
 				if err != nil {
 					if ctx.Err() != nil {
 						break
@@ -232,9 +234,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					res.Err = err.Error()
 					b.log("rep %d %s %s: %v", r+1, w.Name, t.Name, err)
 				} else {
-					b.log("rep %d %-20s %-7s %8.0f IOPS %7.1f MB/s  write p50 %5.0f µs p99 %6.0f µs%s  cores: servers %.2f fio %.2f (%.0f µs CPU/write)",
+					b.log("rep %d %-20s %-7s %8.0f IOPS %7.1f MB/s  write p50 %5.0f µs p99 %6.0f µs%s  cores: servers %.2f fio %.2f (%.0f µs CPU/write, %.1f switches/write)",
 						r+1, w.Name, t.Name, res.IOPS, res.BytesPerSecond/1e6, res.WriteP50Ns/1e3, res.WriteP99Ns/1e3, flushNote(res),
-						res.ServerCores, res.FioCores, res.CPUMicrosPerWrite())
+						res.ServerCores, res.FioCores, res.CPUMicrosPerWrite(), res.SwitchesPerWrite())
 				}
 				rep.Runs[w.Name][t.Name] = append(rep.Runs[w.Name][t.Name], res)
 			}
@@ -372,9 +374,9 @@ func (b *bench) waitAll(ctx context.Context) error {
 // resyncTrial kills n3, writes ResyncBytes through the primary on n1,
 // restarts n3 and times its resync. The volume is twice that size and
 // the trials write its halves in turn: from the second trial on, n3's
-// activity log holds the extents the previous resync wrote to it, which
-// n3 reports when it comes back (after a kill -9 it cannot know they
-// reached its disk), so the trials show that cost too.
+// activity log holds extents outside what it missed (those the previous
+// resync wrote to it), so a resend of its hot extents would show in the
+// ratio.
 func (b *bench) resyncTrial(ctx context.Context, trial int) ResyncTrial {
 	off := int64(trial%2) * b.cfg.ResyncBytes
 	tr := ResyncTrial{WrittenBytes: b.cfg.ResyncBytes, OffsetBytes: off}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -54,7 +55,19 @@ type RunResult struct {
 	// the same for fio (its own report).
 	ServerCores float64 `json:"server_cores"`
 	FioCores    float64 `json:"fio_cores"`
-	Err         string  `json:"error,omitempty"`
+	// ServerSwitches is the servers' context switches (voluntary and
+	// not, every thread) over the whole fio run, per second.
+	ServerSwitches float64 `json:"server_switches_per_second"`
+	Err            string  `json:"error,omitempty"`
+}
+
+// SwitchesPerWrite is the servers' context switches per write, 0 if
+// unknown.
+func (r RunResult) SwitchesPerWrite() float64 {
+	if r.IOPS <= 0 {
+		return 0
+	}
+	return r.ServerSwitches / r.IOPS
 }
 
 // CPUMicrosPerWrite is the servers' CPU time per write, 0 if unknown.
@@ -196,6 +209,28 @@ func cpuSeconds(pids []int) float64 {
 		ticks += u + k
 	}
 	return float64(ticks) / 100
+}
+
+// contextSwitches sums the context switches of every thread of the
+// processes (threads that exited are not counted; Go keeps its threads).
+func contextSwitches(pids []int) float64 {
+	var n int64
+	for _, pid := range pids {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+		for _, t := range tasks {
+			b, err := os.ReadFile(t)
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(l, ":"); ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
+					x, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+					n += x
+				}
+			}
+		}
+	}
+	return float64(n)
 }
 
 func truncate(s string, n int) string {

@@ -172,7 +172,7 @@ func (r *Report) Markdown() string {
 		}
 	}
 	p("\n")
-	p("CPU (medians): the servers' CPU time per write in µs, and in brackets the cores kept busy by the servers / by fio (the three node processes for the replicated volumes: the secondaries' work counts).\n\n")
+	p("CPU (medians): the servers' CPU time per write in µs; in brackets the cores kept busy by the servers / by fio, and the servers' context switches per write (all threads). For the replicated volumes the servers are the three node processes: the secondaries' work counts.\n\n")
 	p("| workload |")
 	for _, t := range r.Targets {
 		p(" %s |", t.Label)
@@ -188,8 +188,9 @@ func (r *Report) Markdown() string {
 			us, ok := r.cell(wn, t.Name, RunResult.CPUMicrosPerWrite)
 			sc, _ := r.cell(wn, t.Name, func(x RunResult) float64 { return x.ServerCores })
 			fc, _ := r.cell(wn, t.Name, func(x RunResult) float64 { return x.FioCores })
+			sw, _ := r.cell(wn, t.Name, RunResult.SwitchesPerWrite)
 			if ok {
-				p(" %s µs (%.2f / %.2f) |", fmtNum(us), sc, fc)
+				p(" %s µs (%.2f / %.2f, %s sw) |", fmtNum(us), sc, fc, fmtNum(sw))
 			} else {
 				p(" failed |")
 			}
@@ -217,7 +218,7 @@ func (r *Report) resyncMarkdown(b *strings.Builder) {
 			ok = append(ok, t)
 		}
 	}
-	p("Resync: a 3-replica volume of %s; in every repetition n3 is killed with `kill -9`, fio writes %s (1 MiB sequential writes, QD16) through the primary on n1 into one half of the volume (the halves in turn), n3 is restarted and `volume status` is polled every %v until every replica is UpToDate. From the second trial on, n3's activity log holds the extents the previous resync wrote, and n3 reports them when it returns. %d of %d trials succeeded.\n\n",
+	p("Resync: a 3-replica volume of %s; in every repetition n3 is killed with `kill -9`, fio writes %s (1 MiB sequential writes, QD16) through the primary on n1 into one half of the volume (the halves in turn), n3 is restarted and `volume status` is polled every %v until every replica is UpToDate. The halves alternate so that, from the second trial on, n3's activity log holds extents outside what it missed (those the previous resync wrote): a resend of them would show in the ratio. %d of %d trials succeeded.\n\n",
 		humanMiB(2*r.ResyncBytes), humanMiB(r.ResyncBytes), resyncPollStep, len(ok), len(r.Resync))
 	for i, t := range r.Resync {
 		if t.Err != "" {
