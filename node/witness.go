@@ -13,11 +13,13 @@ import (
 
 // The witness's timing, from the token timeout (default 1000 ms):
 //
-//   - The node reports its view every token/4 (250 ms, the heartbeat
-//     interval) and at every change; each report renews the lease.
+//   - The node reports its view every token/8 (125 ms) and at every
+//     change; each report renews the lease.
 //   - The lease is token*3/4 (750 ms), counted from when the node sent
-//     the report the witness answered. Three reports fall in one lease,
-//     so two lost or late answers in a row cost nothing; and a node that
+//     the report the witness answered. Six reports fall in one lease, so
+//     the vote survives a stall of the node, the witness or the network
+//     of up to lease - interval (625 ms; measured under CPU load in
+//     BENCHMARKS.md, a report every token/4 was not enough); and a node that
 //     loses the witness stops counting its vote before a token timeout
 //     has passed, that is before its peers could declare it lost and act
 //     on their own view. The witness also stops counting a node whose
@@ -35,7 +37,7 @@ import (
 // tokens.
 func witnessTiming(tokenMs int64) (leaseMs, intervalMs, holdMs int64) {
 	leaseMs = min(max(tokenMs*3/4, witness.MinLeaseMs), witness.MaxLeaseMs)
-	intervalMs = min(tokenMs/4, leaseMs/2)
+	intervalMs = min(tokenMs/8, leaseMs/2)
 	return leaseMs, intervalMs, tokenMs / 2
 }
 

@@ -7,9 +7,9 @@ import (
 
 func TestWitnessTiming(t *testing.T) {
 	for _, c := range []struct{ tokenMs, lease, interval, hold int64 }{
-		{1000, 750, 250, 500}, // the default token
-		{200, 150, 50, 100},   // the shortest token
-		{60000, 30000, 15000, 30000},
+		{1000, 750, 125, 500}, // the default token
+		{200, 150, 25, 100},   // the shortest token
+		{60000, 30000, 7500, 30000},
 	} {
 		l, i, h := witnessTiming(c.tokenMs)
 		if l != c.lease || i != c.interval || h != c.hold {

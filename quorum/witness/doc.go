@@ -18,7 +18,7 @@
 // is that membership. The witness records each lease on its own clock
 // from when it received the report, so it never thinks a lease over
 // before the node does. The daemon picks lease = 3/4 of the token timeout
-// and report interval = 1/4 (node/witness.go says why).
+// and report interval = 1/8 (node/witness.go says why).
 //
 // The server's safety rules are listed on Server. State (the newest
 // configuration, the Arbiter's Active and the longest lease granted) is in
