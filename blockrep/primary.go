@@ -469,6 +469,10 @@ func (p *Primary) abandon(err error) {
 	}
 }
 
+// Fence stops this primary from acknowledging anything from now on (the
+// node lost quorum past its lease): every request fails with EIO.
+func (p *Primary) Fence(why error) { p.abandon(why) }
+
 // Deposed says whether a newer primary exists (and why).
 func (p *Primary) Deposed() error {
 	p.mu.Lock()

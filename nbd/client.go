@@ -528,3 +528,14 @@ func (c *Client) Close() error {
 	}
 	return c.conn.Close()
 }
+
+// ErrAborted fails the requests of a client closed by Abort.
+var ErrAborted = errors.New("nbd: connection aborted")
+
+// Abort drops the connection at once: every pending request fails with
+// ErrAborted. Unlike Close it sends no DISC and waits for nothing, so it
+// is safe when the server is unreachable (a write blocked on a dead TCP
+// connection would hold Close).
+func (c *Client) Abort() {
+	c.fail(ErrAborted)
+}

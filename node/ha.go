@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -244,15 +245,22 @@ func (a *haAgent) status() HAStatus {
 
 // selfFence closes every primary this node holds.
 func (m *volumeManager) selfFence(why string) {
+	var toClose []*blockrep.Primary
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	for _, lv := range m.vols {
 		if lv.primary != nil {
 			m.log.Error("self-fence: closing the primary; it acknowledges nothing more", "volume", lv.cfg.Name, "why", why)
-			lv.primary.Close()
+			// Fence first (nothing more is acknowledged from now on),
+			// then close outside the lock.
+			lv.primary.Fence(errors.New(why))
+			toClose = append(toClose, lv.primary)
 			lv.primary = nil
 			lv.promoteErr = why
 		}
+	}
+	m.mu.Unlock()
+	for _, p := range toClose {
+		p.Close()
 	}
 }
 

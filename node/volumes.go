@@ -147,6 +147,14 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 	for _, v := range cfg.Volumes {
 		want[v.Name] = v
 	}
+	// Primaries are closed after the lock is released: Close drains the
+	// writes in flight, and route (every client request) needs the lock.
+	var toClose []*blockrep.Primary
+	defer func() {
+		for _, p := range toClose {
+			p.Close()
+		}
+	}()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for name, lv := range m.vols {
@@ -177,18 +185,18 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 			lv.replica = r
 		}
 		if lv.fwd != nil && lv.fwdTo != v.Primary {
-			lv.fwd.Close()
+			lv.fwd.Abort()
 			lv.fwd = nil
 		}
 		switch {
 		case v.Primary != self && lv.primary != nil:
 			m.log.Info("primary role moved to another node; stepping down", "volume", v.Name, "to", v.Primary)
-			lv.primary.Close()
+			toClose = append(toClose, lv.primary)
 			lv.primary = nil
 		case v.Primary == self && lv.primary != nil && lv.primary.Deposed() != nil:
 			// A newer epoch exists (another node promoted by hand
 			// or a fence): try again, with a higher epoch.
-			lv.primary.Close()
+			toClose = append(toClose, lv.primary)
 			lv.primary = nil
 		case v.Primary == self && lv.primary != nil && !lv.scrubbing:
 			every := time.Duration(v.ScrubIntervalHours) * time.Hour
@@ -248,7 +256,7 @@ func (m *volumeManager) closeVolume(lv *localVolume) {
 		lv.primary = nil
 	}
 	if lv.fwd != nil {
-		lv.fwd.Close()
+		lv.fwd.Abort()
 		lv.fwd = nil
 	}
 	if lv.replica != nil {
@@ -421,7 +429,7 @@ func (m *volumeManager) tryRoute(name string) (*blockrep.Primary, *nbd.Client, e
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if lv.fwd != nil || lv.cfg.Primary != target {
-		c.Close()
+		c.Abort()
 		return nil, nil, errors.New("route changed"), true
 	}
 	lv.fwd, lv.fwdTo = c, target
@@ -435,7 +443,7 @@ func (m *volumeManager) dropForward(name string, c *nbd.Client) {
 	defer m.mu.Unlock()
 	if lv := m.vols[name]; lv != nil && lv.fwd == c {
 		lv.fwd = nil
-		c.Close()
+		c.Abort()
 	}
 }
 
