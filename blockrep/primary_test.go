@@ -541,3 +541,28 @@ func TestScrubFindsAndRepairsCorruption(t *testing.T) {
 		}
 	}
 }
+
+// Discard overwrites a replica's differing data from the primary; the
+// primary refuses to discard itself.
+func TestDiscardResyncsReplica(t *testing.T) {
+	c := newTestCluster(t, 3, 8<<20)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	randomWrites(t, p, rand.New(rand.NewPCG(9, 9)), 40, 64<<10)
+	p.Flush()
+	flipByte(t, filepath.Join(c.baseDir, "n", "3", "data"), 3<<20)
+	if err := p.Discard(1); err == nil {
+		t.Fatal("the primary discarded its own data")
+	}
+	if err := p.Discard(3); err != nil {
+		t.Fatal(err)
+	}
+	waitSynced(t, p, 3)
+	p.Flush()
+	if !bytes.Equal(c.dataOf(1), c.dataOf(3)) {
+		t.Fatal("replica 3 differs after discard")
+	}
+}

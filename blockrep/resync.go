@@ -134,6 +134,7 @@ func (p *Primary) resync(pe *peer) error {
 		p.genMu.Lock()
 		p.mu.Lock()
 		left := pe.missed.Count()
+		again := pe.digest // Discard asked for a comparison meanwhile
 		alive := pe.link == l && l.alive()
 		members := append(slices.Clone(p.members), pe.id)
 		g := Gen{Epoch: p.epoch, Seq: p.gen.Seq + 1}
@@ -142,6 +143,11 @@ func (p *Primary) resync(pe *peer) error {
 			p.genMu.Unlock()
 			p.barrier.Unlock()
 			return fmt.Errorf("link lost")
+		}
+		if again {
+			p.genMu.Unlock()
+			p.barrier.Unlock()
+			return nil // the next round compares digests
 		}
 		if left > 0 {
 			p.genMu.Unlock()
@@ -334,4 +340,33 @@ func (r *rateLimiter) wait(n, bytesPerSecond int64) {
 	if d := time.Until(due); d > 0 {
 		time.Sleep(d)
 	}
+}
+
+// Discard throws away a replica's data (DRBD's --discard-my-data, from
+// the primary's side): the replica leaves the generation, so it can no
+// longer become primary, and is compared region by region and overwritten
+// with this primary's data wherever it differs; then it rejoins.
+func (p *Primary) Discard(id NodeID) error {
+	if id == p.cfg.Self {
+		return fmt.Errorf("node %d is the primary: move the primary role to another replica first (volume promote)", id)
+	}
+	p.mu.Lock()
+	pe := p.peers[id]
+	if pe == nil {
+		p.mu.Unlock()
+		return fmt.Errorf("node %d holds no replica of volume %d", id, p.cfg.VolumeID)
+	}
+	pe.digest = true
+	member := slices.Contains(p.members, id)
+	if pe.state == PeerMember {
+		pe.state = PeerSyncing
+		pe.syncStarted = time.Now()
+	}
+	p.mu.Unlock()
+	if member {
+		p.barrier.Lock()
+		defer p.barrier.Unlock()
+		return p.dropMembers([]NodeID{id})
+	}
+	return nil
 }

@@ -201,6 +201,7 @@ func (d *Daemon) servePeers(ctx context.Context, addr string) error {
 	mux.HandleFunc("POST /join/v1", d.joinHandler)
 	mux.HandleFunc("GET /peer/v1/volumes/{id}", d.peerVolumeHandler)
 	mux.HandleFunc("POST /peer/v1/volumes/{id}/scrub", d.peerScrubHandler)
+	mux.HandleFunc("POST /peer/v1/volumes/{id}/discard", d.peerDiscardHandler)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("peer listener on %s: %w", addr, err)

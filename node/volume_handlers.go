@@ -35,6 +35,11 @@ type ScrubRequest struct {
 	Repair bool `json:"repair"`
 }
 
+// ResolveRequest names the replica whose data is thrown away.
+type ResolveRequest struct {
+	Discard string `json:"discard"`
+}
+
 // scrubTimeout bounds one scrub run from the CLI.
 const scrubTimeout = 6 * time.Hour
 
@@ -158,6 +163,18 @@ func (d *Daemon) volumeHandlers(mux *http.ServeMux) {
 			return
 		}
 		writeJSONResponse(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/resolve", func(w http.ResponseWriter, r *http.Request) {
+		var req ResolveRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		if err := d.resolveVolume(r.Context(), r.PathValue("name"), req.Discard); err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, map[string]string{"discarding": req.Discard})
 	})
 	mux.HandleFunc("POST /v1/volumes/{name}/promote", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
@@ -470,4 +487,69 @@ func (d *Daemon) peerScrubHandler(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSONResponse(w, http.StatusOK, rep)
+}
+
+// resolveVolume has the primary discard a replica's data.
+func (d *Daemon) resolveVolume(ctx context.Context, name, discard string) error {
+	cfg := d.config()
+	v, ok := cfg.Volume(name)
+	if !ok {
+		return fmt.Errorf("no volume named %q", name)
+	}
+	n, ok := cfg.NodeByName(discard)
+	if !ok || !slices.Contains(v.Replicas, n.ID) {
+		return fmt.Errorf("no replica of %q on a node named %q", name, discard)
+	}
+	if v.Primary == d.loaded.Identity.ID {
+		p := d.vols.primaryOf(v.ID)
+		if p == nil {
+			return fmt.Errorf("volume %q has no serving primary on this node yet", name)
+		}
+		return p.Discard(blockrep.NodeID(n.ID))
+	}
+	pn, _ := cfg.Node(v.Primary)
+	body, _ := json.Marshal(ResolveRequest{Discard: discard})
+	req, err := http.NewRequestWithContext(ctx, "POST", "https://"+pn.ClusterAddr+"/peer/v1/volumes/"+strconv.FormatUint(v.ID, 10)+"/discard", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := d.conf.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("asking the primary %s: %w", pn.Name, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("primary %s: %s", pn.Name, bytes.TrimSpace(data))
+	}
+	return nil
+}
+
+// peerDiscardHandler runs a discard for another node's CLI.
+func (d *Daemon) peerDiscardHandler(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		http.Error(w, "a cluster certificate is required", http.StatusUnauthorized)
+		return
+	}
+	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+	if err != nil {
+		http.Error(w, "bad volume id", http.StatusBadRequest)
+		return
+	}
+	var req ResolveRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	n, ok := d.config().NodeByName(req.Discard)
+	p := d.vols.primaryOf(id)
+	if !ok || p == nil {
+		http.Error(w, "this node is not serving the volume as primary, or no such node", http.StatusConflict)
+		return
+	}
+	if err := p.Discard(blockrep.NodeID(n.ID)); err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	writeJSONResponse(w, http.StatusOK, map[string]string{"discarding": req.Discard})
 }

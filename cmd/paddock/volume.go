@@ -195,6 +195,34 @@ promotion fails and "volume status" says why).`,
 	addCommon(promote, false)
 	volCmd.AddCommand(promote)
 
+	var discard string
+	resolve := &cobra.Command{
+		Use:   "resolve NAME --discard NODE",
+		Short: "Throw away one replica's data and resync it from the primary",
+		Long: `resolve --discard NODE is DRBD's --discard-my-data: NODE's replica
+leaves the up-to-date set (it can no longer become primary), is compared
+region by region with the primary (only digests cross the network) and
+overwritten wherever it differs, then rejoins. Use it for a replica you
+know holds bad or unwanted data. The primary's own data is never discarded:
+move the primary role first (volume promote).
+
+(With epochs, two replicas cannot both take writes under different
+primaries, so the split-brain DRBD resolves this way does not arise by
+itself; resolve is the manual lever for every other reason.)`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := client().Call("POST", "/v1/volumes/"+args[0]+"/resolve", node.ResolveRequest{Discard: discard}, nil); err != nil {
+				return err
+			}
+			fmt.Printf("volume %q: the replica on %s is being overwritten from the primary; watch: paddock volume status %s\n", args[0], discard, args[0])
+			return nil
+		},
+	}
+	resolve.Flags().StringVar(&discard, "discard", "", "the node whose replica's data is thrown away")
+	resolve.MarkFlagRequired("discard")
+	addCommon(resolve, false)
+	volCmd.AddCommand(resolve)
+
 	for _, repair := range []bool{false, true} {
 		use, short, long := "verify NAME", "Compare the replicas online (digests and block checksums); change nothing",
 			`verify has the primary check every block of every replica against its

@@ -303,6 +303,10 @@ func TestVolumeScrubRepairsCorruption(t *testing.T) {
 		t.Fatalf("verify did not name blocks 9 and 700 of n3:\n%s", out)
 	}
 	testbin.Run(t, 60*time.Second, bin, "volume", "scrub", "vm", "--data-dir", nodes[1].dir)
+	// resolve --discard: n3's replica is overwritten from the primary.
+	flipAt(t, dataOf(nodes[2]), 2<<20)
+	testbin.Run(t, 60*time.Second, bin, "volume", "resolve", "vm", "--discard", "n3", "--data-dir", nodes[1].dir)
+	nodes[1].waitUpToDate(t, "vm", 30*time.Second)
 	testbin.Run(t, 60*time.Second, bin, "volume", "verify", "vm", "--data-dir", nodes[2].dir)
 	want := replicaData(t, nodes[0], st.Volume.ID)
 	for _, nd := range nodes[1:] {
