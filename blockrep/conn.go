@@ -24,21 +24,69 @@ const (
 	connBufferBytes     = 256 << 10
 )
 
+// framePools hold frame buffers by size class (64 KiB, 1 MiB, 4 MiB,
+// 32 MiB + header): a replica receiving writes reuses them instead of
+// allocating one per message (the allocations cost GC and page faults).
+var framePools = func() []*sync.Pool {
+	var ps []*sync.Pool
+	for _, n := range frameClasses {
+		n := n
+		ps = append(ps, &sync.Pool{New: func() any { b := make([]byte, n); return &b }})
+	}
+	return ps
+}()
+
+var frameClasses = []int{64 << 10, 1 << 20, 4 << 20, MaxPayloadBytes + wireHeaderBytes + 4*maxMembers}
+
+func getFrame(n int) *[]byte {
+	for i, c := range frameClasses {
+		if n <= c {
+			return framePools[i].Get().(*[]byte)
+		}
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func putFrame(b *[]byte) {
+	for i, c := range frameClasses {
+		if cap(*b) == c {
+			framePools[i].Put(b)
+			return
+		}
+	}
+}
+
 // readFrame reads one whole frame.
 func readFrame(r io.Reader, hdr []byte) (*Message, error) {
+	m, _, err := readFrameInto(r, hdr, false)
+	return m, err
+}
+
+// readFrameInto reads one frame, into a pooled buffer when pooled (the
+// caller returns it with putFrame once done with the message).
+func readFrameInto(r io.Reader, hdr []byte, pooled bool) (*Message, *[]byte, error) {
 	if _, err := io.ReadFull(r, hdr[:wireHeaderBytes]); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	n, err := FrameLength(hdr[:wireHeaderBytes])
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	frame := make([]byte, n)
+	var buf *[]byte
+	var frame []byte
+	if pooled {
+		buf = getFrame(n)
+		frame = (*buf)[:n]
+	} else {
+		frame = make([]byte, n)
+	}
 	copy(frame, hdr[:wireHeaderBytes])
 	if _, err := io.ReadFull(r, frame[wireHeaderBytes:]); err != nil {
-		return nil, err
+		return nil, buf, err
 	}
-	return Decode(frame)
+	m, err := Decode(frame)
+	return m, buf, err
 }
 
 // frameWriter serializes frames onto a connection. Writers that arrive
@@ -65,14 +113,16 @@ func (fw *frameWriter) send(m *Message) error {
 		return fw.err
 	}
 	var err error
-	if fw.scratch, err = Encode(fw.scratch[:0], m); err != nil {
+	if fw.scratch, err = EncodeHeader(fw.scratch[:0], m); err != nil {
 		return err
 	}
-	if _, err = fw.bw.Write(fw.scratch); err == nil && !more {
-		err = fw.bw.Flush()
+	// The payload goes from where it lies: bufio hands a large one
+	// straight to the connection.
+	if _, err = fw.bw.Write(fw.scratch); err == nil && len(m.Payload) > 0 {
+		_, err = fw.bw.Write(m.Payload)
 	}
-	if len(fw.scratch) > 1<<20 {
-		fw.scratch = nil // do not pin a large write's buffer
+	if err == nil && !more {
+		err = fw.bw.Flush()
 	}
 	if err != nil {
 		fw.err = err
@@ -110,8 +160,14 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, peer NodeID) erro
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		m, err := readFrame(br, hdr)
+		m, buf, err := readFrameInto(br, hdr, true)
+		release := func() {
+			if buf != nil {
+				putFrame(buf)
+			}
+		}
 		if err != nil {
+			release()
 			if errors.Is(err, ErrBadMessage) {
 				s.Forged.Add(1)
 				log.Warn("peer sent a malformed message; closing its connection", "peer", peer, "err", err)
@@ -122,17 +178,21 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, peer NodeID) erro
 			s.Forged.Add(1)
 			log.Warn("peer message with a forged sender", "peer", peer, "claims", m.From, "type", m.Type)
 			fw.send(&Message{Type: MsgFailed, Volume: m.Volume, From: s.Self, Seq: m.Seq, Payload: []byte("sender does not match the connection's certificate")})
+			release()
 			continue
 		}
 		r := s.Lookup(m.Volume)
 		if r == nil {
 			fw.send(&Message{Type: MsgFailed, Volume: m.Volume, From: s.Self, Seq: m.Seq, Payload: []byte(fmt.Sprintf("no replica of volume %d on this node", m.Volume))})
+			release()
 			continue
 		}
 		// Promises and generations are answered in order (they are
 		// rare); data requests run in parallel within the limits.
 		if m.Type == MsgPrepare || m.Type == MsgStoreGen {
-			if err := fw.send(r.Handle(m)); err != nil {
+			err := fw.send(r.Handle(m))
+			release()
+			if err != nil {
 				return err
 			}
 			continue
@@ -147,6 +207,9 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, peer NodeID) erro
 		go func() {
 			defer wg.Done()
 			reply := r.Handle(m)
+			// The request's payload is on disk now (and a reply never
+			// aliases the request's buffer): the frame can go back.
+			release()
 			bytesInFlight.Add(-n)
 			<-slots
 			fw.send(reply)

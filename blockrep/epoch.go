@@ -72,6 +72,10 @@ type VoterState struct {
 	Promised Epoch    `json:"promised"`
 	Gen      Gen      `json:"gen"`
 	Members  []NodeID `json:"members"` // data replicas up to date at Gen
+	// PromisedTo is the candidate the current epoch was promised to: the
+	// same candidate asking again for the same epoch (it reconnected)
+	// gets the same promise back; anyone else is refused.
+	PromisedTo NodeID `json:"promised_to,omitempty"`
 }
 
 // Promise is a voter's answer to a prepare.
@@ -100,6 +104,20 @@ func (v *VoterState) Prepare(e Epoch) (Promise, *Refusal) {
 	}
 	v.Promised = e
 	return Promise{From: v.ID, Epoch: e, Gen: v.Gen, Members: slices.Clone(v.Members)}, nil
+}
+
+// PrepareFrom is Prepare by a known candidate: it records who the epoch
+// was promised to, and repeats the promise to that candidate alone. Two
+// candidates can pick the same epoch; only the first gets it.
+func (v *VoterState) PrepareFrom(e Epoch, from NodeID) (Promise, *Refusal) {
+	if e == v.Promised && from != 0 && from == v.PromisedTo {
+		return Promise{From: v.ID, Epoch: e, Gen: v.Gen, Members: slices.Clone(v.Members)}, nil
+	}
+	p, ref := v.Prepare(e)
+	if ref == nil {
+		v.PromisedTo = from
+	}
+	return p, ref
 }
 
 // StoreGen stores a new generation from the primary of epoch e.

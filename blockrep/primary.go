@@ -229,7 +229,7 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		}
 		promises, hot = promises[:0], map[NodeID][]int64{}
 		highest := Epoch(0)
-		pr, ref, err := cfg.Local.Prepare(e)
+		pr, ref, err := cfg.Local.Prepare(e, cfg.Self)
 		switch {
 		case err != nil:
 			p.Close()

@@ -566,3 +566,21 @@ func TestDiscardResyncsReplica(t *testing.T) {
 		t.Fatal("replica 3 differs after discard")
 	}
 }
+
+// Two candidates that pick the same epoch: only the first gets promises;
+// the first asking again (it reconnected) gets the same promise back.
+func TestPrepareFromSameEpoch(t *testing.T) {
+	v := VoterState{ID: 3, HasData: true, Members: []NodeID{1, 2, 3}}
+	if _, ref := v.PrepareFrom(5, 1); ref != nil {
+		t.Fatal(ref)
+	}
+	if _, ref := v.PrepareFrom(5, 2); ref == nil {
+		t.Fatal("a second candidate got a promise for the same epoch")
+	}
+	if p, ref := v.PrepareFrom(5, 1); ref != nil || p.Epoch != 5 {
+		t.Fatalf("the same candidate asking again: %v %v", p, ref)
+	}
+	if _, ref := v.PrepareFrom(5, 0); ref == nil {
+		t.Fatal("an anonymous candidate got a repeated promise")
+	}
+}

@@ -115,14 +115,14 @@ func (r *Replica) Voter() VoterState {
 // VolumeID names the volume.
 func (r *Replica) VolumeID() uint64 { return r.meta.VolumeID }
 
-// Prepare answers a would-be primary, durably.
-func (r *Replica) Prepare(e Epoch) (Promise, *Refusal, error) {
+// Prepare answers a would-be primary (from), durably.
+func (r *Replica) Prepare(e Epoch, from NodeID) (Promise, *Refusal, error) {
 	r.gate.Lock()
 	defer r.gate.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	before := r.meta.Voter
-	p, ref := r.meta.Voter.Prepare(e)
+	p, ref := r.meta.Voter.PrepareFrom(e, from)
 	if ref != nil {
 		return p, ref, nil
 	}
@@ -238,7 +238,7 @@ func (r *Replica) Handle(m *Message) *Message {
 	inRange := func() bool { return int64(m.Offset) <= size && int64(m.Offset)+int64(m.Length) <= size }
 	switch m.Type {
 	case MsgPrepare:
-		p, ref, err := r.Prepare(m.Epoch)
+		p, ref, err := r.Prepare(m.Epoch, m.From)
 		if err != nil {
 			return fail(err)
 		}

@@ -30,6 +30,11 @@ func (p *Primary) maintain() {
 		p.mu.Unlock()
 		for _, pe := range back {
 			p.rejoin(pe)
+			p.mu.Lock()
+			if pe.state != PeerDown && !pe.resyncing {
+				needSync = append(needSync, pe) // now, not at the next tick
+			}
+			p.mu.Unlock()
 		}
 		for _, pe := range needSync {
 			p.mu.Lock()
@@ -68,10 +73,12 @@ func (p *Primary) rejoin(pe *peer) {
 		return
 	}
 	switch {
-	case a.Type == MsgRefuse && a.Epoch > p.epoch:
+	case a.Type == MsgRefuse && a.Epoch >= p.epoch:
+		// Promised to another candidate (same epoch) or a newer one:
+		// this primary is superseded.
 		p.depose(&Refusal{From: a.From, Promised: a.Epoch, Reason: string(a.Payload)})
 		return
-	case a.Type == MsgPromise, a.Type == MsgRefuse && a.Epoch == p.epoch:
+	case a.Type == MsgPromise:
 	default:
 		p.log.Warn("replica did not take this primary's epoch", "replica", pe.id, "answer", a.Type, "detail", string(a.Payload))
 		l.close()
@@ -84,9 +91,7 @@ func (p *Primary) rejoin(pe *peer) {
 	}
 	// Its own activity log names what a crash of it may have lost.
 	for _, x := range decodeExtents(a.Payload) {
-		if a.Type == MsgPromise {
-			pe.missed.Mark(x*ExtentBytes, ExtentBytes)
-		}
+		pe.missed.Mark(x*ExtentBytes, ExtentBytes)
 	}
 	if slices.Contains(p.members, pe.id) {
 		pe.state = PeerMember

@@ -122,6 +122,17 @@ func badf(format string, args ...any) error {
 
 // Encode appends m's frame to dst.
 func Encode(dst []byte, m *Message) ([]byte, error) {
+	dst, err := EncodeHeader(dst, m)
+	if err != nil {
+		return nil, err
+	}
+	return append(dst, m.Payload...), nil
+}
+
+// EncodeHeader appends everything of m's frame but the payload (whose
+// checksum it includes): a writer sends the payload from where it lies,
+// without copying it into the frame.
+func EncodeHeader(dst []byte, m *Message) ([]byte, error) {
 	if err := m.check(); err != nil {
 		return nil, err
 	}
@@ -143,8 +154,8 @@ func Encode(dst []byte, m *Message) ([]byte, error) {
 	for _, id := range m.Members {
 		dst = binary.BigEndian.AppendUint32(dst, uint32(id))
 	}
-	dst = append(dst, m.Payload...)
-	binary.BigEndian.PutUint32(dst[crcAt:], crc32.Checksum(dst[start:], castagnoli))
+	c := crc32.Update(crc32.Checksum(dst[start:], castagnoli), castagnoli, m.Payload)
+	binary.BigEndian.PutUint32(dst[crcAt:], c)
 	return dst, nil
 }
 
