@@ -39,6 +39,11 @@ type VolumeConfig struct {
 	// ScrubIntervalHours is the time between background scrubs of the
 	// primary; 0 means DefaultScrubIntervalHours.
 	ScrubIntervalHours int `json:"scrub_interval_hours,omitempty"`
+	// ResyncMaxBytesPerSecond caps resync (0: no cap); while clients
+	// write, resync yields down to ResyncMinBytesPerSecond (DRBD's
+	// c-max-rate and c-min-rate).
+	ResyncMaxBytesPerSecond int64 `json:"resync_max_bytes_per_second,omitempty"`
+	ResyncMinBytesPerSecond int64 `json:"resync_min_bytes_per_second,omitempty"`
 }
 
 // Background scrub: weekly (as Ceph's deep scrub and common ZFS practice),
@@ -118,6 +123,10 @@ func (c *ClusterConfig) validateVolumes() error {
 		case "", blockrep.Suspend, blockrep.IOError:
 		default:
 			return fmt.Errorf("volume %q: on-no-quorum %q: want suspend or io-error", v.Name, v.OnNoQuorum)
+		}
+		if v.ResyncMaxBytesPerSecond < 0 || v.ResyncMinBytesPerSecond < 0 ||
+			(v.ResyncMaxBytesPerSecond > 0 && v.ResyncMinBytesPerSecond > v.ResyncMaxBytesPerSecond) {
+			return fmt.Errorf("volume %q: resync rates: the floor (%d B/s) must not exceed the ceiling (%d B/s)", v.Name, v.ResyncMinBytesPerSecond, v.ResyncMaxBytesPerSecond)
 		}
 		if v.ScrubIntervalHours < 0 || v.ScrubIntervalHours > maxScrubIntervalHours {
 			return fmt.Errorf("volume %q: scrub interval %d hours: 0 (weekly) to %d", v.Name, v.ScrubIntervalHours, maxScrubIntervalHours)

@@ -27,7 +27,9 @@ type VolumeCreateRequest struct {
 	OnNoQuorum  string   `json:"on_no_quorum,omitempty"`
 	RegionBytes int64    `json:"region_bytes,omitempty"`
 	// ScrubIntervalHours: between background scrubs; 0 means weekly.
-	ScrubIntervalHours int `json:"scrub_interval_hours,omitempty"`
+	ScrubIntervalHours      int   `json:"scrub_interval_hours,omitempty"`
+	ResyncMaxBytesPerSecond int64 `json:"resync_max_bytes_per_second,omitempty"`
+	ResyncMinBytesPerSecond int64 `json:"resync_min_bytes_per_second,omitempty"`
 }
 
 // ScrubRequest asks for a verify (Repair false) or a scrub.
@@ -272,7 +274,8 @@ func (d *Daemon) buildVolume(cur *ClusterConfig, req VolumeCreateRequest) (*Clus
 	id := next.NextVolumeID()
 	next.LastVolumeID = id
 	next.Volumes = append(next.Volumes, VolumeConfig{Name: req.Name, ID: id, SizeBytes: req.SizeBytes, Replicas: ids,
-		WriteQuorum: req.WriteQuorum, OnNoQuorum: req.OnNoQuorum, Primary: ids[0], RegionBytes: req.RegionBytes, ScrubIntervalHours: req.ScrubIntervalHours})
+		WriteQuorum: req.WriteQuorum, OnNoQuorum: req.OnNoQuorum, Primary: ids[0], RegionBytes: req.RegionBytes, ScrubIntervalHours: req.ScrubIntervalHours,
+		ResyncMaxBytesPerSecond: req.ResyncMaxBytesPerSecond, ResyncMinBytesPerSecond: req.ResyncMinBytesPerSecond})
 	if err := next.Validate(); err != nil {
 		return nil, err
 	}

@@ -233,6 +233,7 @@ func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
 		Self: blockrep.NodeID(m.d.loaded.Identity.ID), VolumeID: v.ID, Replicas: replicaIDs(v), Local: r,
 		Dial: m.dialPeer, RegionBytes: v.RegionBytes, OnNoQuorum: blockrep.OnNoQuorum(v.OnNoQuorum),
 		WriteQuorum: v.WriteQuorum, Logger: m.log.With("volume_name", v.Name),
+		ResyncMaxBytesPerSecond: v.ResyncMaxBytesPerSecond, ResyncMinBytesPerSecond: v.ResyncMinBytesPerSecond,
 	})
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -49,7 +49,7 @@ quorum.`,
 	}
 
 	var req node.VolumeCreateRequest
-	var size, region, nodes string
+	var size, region, nodes, rateMax, rateMin string
 	create := &cobra.Command{
 		Use:   "create NAME --size 10G [--replicas 3] [--nodes a,b,c]",
 		Short: "Create a replicated volume (needs quorum)",
@@ -76,6 +76,12 @@ smaller means less resent after an outage, more memory (one bit each).`,
 			if req.RegionBytes, err = parseSize(region); err != nil {
 				return err
 			}
+			if req.ResyncMaxBytesPerSecond, err = parseSize(rateMax); err != nil {
+				return fmt.Errorf("--resync-rate-max: %w", err)
+			}
+			if req.ResyncMinBytesPerSecond, err = parseSize(rateMin); err != nil {
+				return fmt.Errorf("--resync-rate-min: %w", err)
+			}
 			if nodes != "" {
 				req.Nodes = strings.Split(nodes, ",")
 				if !cmd.Flags().Changed("replicas") {
@@ -100,6 +106,8 @@ smaller means less resent after an outage, more memory (one bit each).`,
 	create.Flags().IntVar(&req.WriteQuorum, "write-quorum", 0, "replicas that must accept a write (default: a majority)")
 	create.Flags().StringVar(&req.OnNoQuorum, "on-no-quorum", "suspend", "suspend or io-error")
 	create.Flags().StringVar(&region, "resync-granularity", "", "out-of-sync region size (default 64K)")
+	create.Flags().StringVar(&rateMax, "resync-rate-max", "", "resync ceiling per second, e.g. 500M (default: no cap)")
+	create.Flags().StringVar(&rateMin, "resync-rate-min", "", "resync floor per second while clients write, e.g. 50M (default: the ceiling)")
 	create.Flags().IntVar(&req.ScrubIntervalHours, "scrub-interval-hours", 0, "hours between background scrubs (default 168, weekly)")
 	addCommon(create, true)
 	volCmd.AddCommand(create)
