@@ -86,10 +86,12 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{Root: root, cfg: cfg}
+	cl := &Cluster{Root: root, cfg: cfg}
+	c = cl
 	defer func() {
+		// c is nil here when the function failed: close what was made.
 		if err != nil {
-			c.Close()
+			cl.Close()
 		}
 	}()
 	for i, ip := range cfg.IPs {

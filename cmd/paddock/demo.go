@@ -119,6 +119,9 @@ func runDemo(ctx context.Context, f demoFlags) error {
 	for _, n := range cl.Nodes {
 		say("  node %s  pid %-7d cluster %-21s storage (NBD) %-21s data %s", n.Name, n.Pid(), n.ClusterAddr, n.StorageAddr, n.Dir)
 	}
+	if port != 0 && cl.Nodes[0].StorageAddr != f.listen {
+		say("  (%s or the port after it was taken: free ports are used instead)", f.listen)
+	}
 	say("  quorate: 3 members, 3 votes (%v)", time.Since(start).Round(time.Millisecond))
 
 	v, err := cl.CreateVolume(demoVolume, sizeBytes, "n1", "n2", "n3")
