@@ -136,14 +136,23 @@ func (fw *frameWriter) send(m *Message) error {
 type Server struct {
 	// Self is this node (the sender of every answer).
 	Self NodeID
-	// Lookup finds the local replica of a volume, or nil.
-	Lookup func(volume uint64) *Replica
+	// Lookup finds what answers for a volume here (a *Replica, or the
+	// witness's voter), or nil.
+	Lookup func(volume uint64) Handler
 	Logger *slog.Logger
 	// Forged counts messages refused because of their sender or shape.
 	Forged atomic.Int64
 }
 
-// ServeConn serves one connection until it fails or ctx ends.
+// Handler answers the peer messages of one volume.
+type Handler interface {
+	Handle(m *Message) *Message
+}
+
+// ServeConn serves one connection until it fails or ctx ends. peer is the
+// node the connection's certificate names; 0 means any node of the
+// cluster (the witness, which does not know the nodes' names, trusts the
+// sender a cluster certificate claims).
 func (s *Server) ServeConn(ctx context.Context, conn net.Conn, peer NodeID) error {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
@@ -174,7 +183,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, peer NodeID) erro
 			}
 			return err
 		}
-		if m.From != peer {
+		if peer != 0 && m.From != peer {
 			s.Forged.Add(1)
 			log.Warn("peer message with a forged sender", "peer", peer, "claims", m.From, "type", m.Type)
 			fw.send(&Message{Type: MsgFailed, Volume: m.Volume, From: s.Self, Seq: m.Seq, Payload: []byte("sender does not match the connection's certificate")})

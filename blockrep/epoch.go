@@ -178,7 +178,10 @@ func Decide(self NodeID, voters []NodeID, e Epoch, promises []Promise) (Decision
 	var d Decision
 	first := true
 	for _, p := range got {
-		if first || d.Newest.Less(p.Gen) {
+		// Equal generations hold equal sets, except the first (0.0):
+		// the replicas start with the volume's replicas, the witness
+		// with none; take the set that names someone.
+		if first || d.Newest.Less(p.Gen) || (p.Gen == d.Newest && len(d.NewestMembers) == 0) {
 			d.Newest, d.NewestMembers = p.Gen, p.Members
 			first = false
 		}

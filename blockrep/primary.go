@@ -60,7 +60,11 @@ type PrimaryConfig struct {
 	Local    *Replica
 	// Dial opens an authenticated connection to a peer's replication
 	// service.
-	Dial        func(ctx context.Context, peer NodeID) (net.Conn, error)
+	Dial func(ctx context.Context, peer NodeID) (net.Conn, error)
+	// WitnessDial, when set, makes the witness a voter of the volume (for
+	// 2 replicas: a write may then go on with one replica and the
+	// witness's confirmation); it reaches the witness's voter service.
+	WitnessDial func(ctx context.Context) (net.Conn, error)
 	RegionBytes int64 // out-of-sync granularity; DefaultRegionBytes when 0
 	// WriteQuorum is how many replicas must accept a write (0: a
 	// majority, which is also the least allowed).
@@ -81,12 +85,14 @@ const (
 	PeerDown    = "down"
 	PeerSyncing = "syncing"
 	PeerMember  = "member"
+	PeerVoter   = "voter" // the witness: votes, stores no data
 )
 
 type peer struct {
-	id    NodeID
-	link  *link
-	state string
+	id     NodeID
+	noData bool // the witness
+	link   *link
+	state  string
 	// missed marks what the peer lacks. digest says the primary does not
 	// know what it lacks (it was away before this primary started) and
 	// must compare digests first.
@@ -104,6 +110,7 @@ type peer struct {
 // epoch. It implements nbd.Backend.
 type Primary struct {
 	cfg     PrimaryConfig
+	voters  []NodeID // the replicas, and the witness when there is one
 	log     *slog.Logger
 	epoch   Epoch
 	locks   rangeLocks
@@ -164,7 +171,7 @@ func (p *Primary) Status() PrimaryStatus {
 	if p.deposed != nil {
 		st.Deposed = p.deposed.Error()
 	}
-	for _, id := range p.cfg.Replicas {
+	for _, id := range p.voters {
 		pe := p.peers[id]
 		if pe == nil {
 			continue
@@ -216,6 +223,12 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		}
 		p.peers[id] = &peer{id: id, state: PeerDown, missed: bm, digest: true}
 	}
+	p.voters = slices.Clone(cfg.Replicas)
+	if cfg.WitnessDial != nil {
+		bm, _ := NewBitmap(size, cfg.RegionBytes)
+		p.peers[WitnessID] = &peer{id: WitnessID, noData: true, state: PeerDown, missed: bm}
+		p.voters = append(p.voters, WitnessID)
+	}
 	p.loadBitmaps()
 	p.connectAll(ctx)
 
@@ -254,7 +267,7 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		}
 		e = highest + 1
 	}
-	d, err := Decide(cfg.Self, cfg.Replicas, e, promises)
+	d, err := Decide(cfg.Self, p.voters, e, promises)
 	if err != nil {
 		p.Close()
 		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
@@ -279,6 +292,9 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		switch {
 		case !promised[id]:
 			p.dropLink(pe)
+		case pe.noData:
+			pe.state, pe.digest = PeerVoter, false
+			continue
 		case slices.Contains(d.Members, id):
 			pe.state, pe.digest = PeerMember, false
 		default:
@@ -341,7 +357,13 @@ func (p *Primary) connectAll(ctx context.Context) {
 			defer wg.Done()
 			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 			defer cancel()
-			conn, err := p.cfg.Dial(dctx, pe.id)
+			var conn net.Conn
+			var err error
+			if pe.noData {
+				conn, err = p.cfg.WitnessDial(dctx)
+			} else {
+				conn, err = p.cfg.Dial(dctx, pe.id)
+			}
 			if err != nil {
 				return
 			}
@@ -423,8 +445,8 @@ func (p *Primary) storeGen(g Gen, members []NodeID) error {
 			}
 		}
 	}
-	if !GenCommitted(p.cfg.Replicas, members, stored) {
-		return fmt.Errorf("generation %v stored by %v: not every member of %v and a quorum of %v", g, keys(stored), members, p.cfg.Replicas)
+	if !GenCommitted(p.voters, members, stored) {
+		return fmt.Errorf("generation %v stored by %v: not every member of %v and a quorum of %v", g, keys(stored), members, p.voters)
 	}
 	p.mu.Lock()
 	p.gen, p.members = g, slices.Clone(members)
@@ -574,8 +596,17 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 		}
 		var targets []target
 		var lost []NodeID // members without a link: they miss this write
+		// The witness confirms a write only when the members alone are
+		// not a quorum of the voters (one of two replicas away).
+		needWitness := len(members) < Quorum(len(p.voters))
 		for _, pe := range p.peers {
 			member := slices.Contains(members, pe.id)
+			if pe.noData {
+				if needWitness && pe.link != nil && pe.link.alive() && pe.state != PeerDown {
+					targets = append(targets, target{pe, false})
+				}
+				continue
+			}
 			if pe.link != nil && pe.link.alive() && pe.state != PeerDown {
 				targets = append(targets, target{pe, member})
 			} else if member {
@@ -597,6 +628,9 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 		for _, t := range targets {
 			go func() {
 				m := msg(!t.member)
+				if t.pe.noData {
+					m = &Message{Type: MsgConfirm}
+				}
 				m.Volume, m.From, m.Epoch, m.Gen = p.cfg.VolumeID, p.cfg.Self, e, g
 				if fua {
 					m.Flags |= FlagFUA
@@ -653,6 +687,9 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 		p.mu.Lock()
 		for _, id := range failed {
 			pe := p.peers[id]
+			if pe.noData {
+				continue // the witness misses no data; its link reconnects
+			}
 			pe.missed.Mark(off, length)
 			pe.missedBytes.Add(length)
 			p.dropLink(pe)
@@ -687,7 +724,13 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 		if acked {
 			return nil
 		}
-		if err := p.noQuorum(fmt.Sprintf("write accepted by %v; members %v, replicas %v", keys(accepted), members, p.cfg.Replicas)); err != nil {
+		if len(droppedMembers) > 0 && p.Deposed() == nil {
+			// The set shrank: send again in the new generation (the
+			// witness may now be needed). Sets only shrink here, so
+			// this repeats at most once per replica.
+			continue
+		}
+		if err := p.noQuorum(fmt.Sprintf("write accepted by %v; members %v, replicas %v", keys(accepted), members, p.voters)); err != nil {
 			return err
 		}
 	}
@@ -696,7 +739,7 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 // enough says whether a write (or flush) may be acknowledged: the epoch
 // rule (every member and a majority) and the configured write quorum.
 func (p *Primary) enough(members []NodeID, accepted map[NodeID]bool) bool {
-	return WriteAcked(p.cfg.Replicas, members, accepted) && len(keys(accepted)) >= p.cfg.WriteQuorum
+	return WriteAcked(p.voters, members, accepted) && len(keys(accepted)) >= p.cfg.WriteQuorum
 }
 
 // noQuorum applies on-no-quorum: io-error fails now, suspend waits and
@@ -745,7 +788,7 @@ func (p *Primary) Flush() error {
 		e, members := p.epoch, slices.Clone(p.members)
 		p.mu.Unlock()
 		flushed := map[NodeID]bool{}
-		answers := p.sendTo(&Message{Type: MsgFlush, Epoch: e}, func(pe *peer) bool { return slices.Contains(members, pe.id) })
+		answers := p.sendTo(&Message{Type: MsgFlush, Epoch: e}, func(pe *peer) bool { return pe.noData || slices.Contains(members, pe.id) })
 		if err := p.Store().Flush(); err != nil {
 			return ioErr(fmt.Errorf("local replica: %w", err))
 		}

@@ -77,7 +77,7 @@ func (c *testCluster) start(id NodeID, addr string) *testNode {
 	}
 	n := &testNode{id: id, rep: rep, ln: ln, addr: ln.Addr().String()}
 	n.ctx, n.stop = context.WithCancel(context.Background())
-	n.srv = &Server{Self: id, Lookup: func(v uint64) *Replica {
+	n.srv = &Server{Self: id, Lookup: func(v uint64) Handler {
 		if v == testVolume {
 			return rep
 		}
@@ -174,6 +174,9 @@ func waitSynced(t *testing.T, p *Primary, want int) PrimaryStatus {
 		st := p.Status()
 		ok := len(st.Members) == want
 		for _, ps := range st.Peers {
+			if ps.State == PeerVoter {
+				continue
+			}
 			if ps.State != PeerMember || ps.OutOfSyncBytes != 0 {
 				ok = false
 			}
@@ -582,5 +585,118 @@ func TestPrepareFromSameEpoch(t *testing.T) {
 	}
 	if _, ref := v.PrepareFrom(5, 0); ref == nil {
 		t.Fatal("an anonymous candidate got a repeated promise")
+	}
+}
+
+// startWitness serves a witness voter on a TCP listener; the returned
+// dial function reaches it, kill stops it.
+func startWitness(t *testing.T, dir string) (dial func(ctx context.Context) (net.Conn, error), kill func()) {
+	w, err := OpenWitnessVoters(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := &Server{Self: WitnessID, Lookup: func(uint64) Handler { return w }, Logger: quietLog()}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, conn)
+			mu.Unlock()
+			go srv.ServeConn(ctx, conn, 0)
+		}
+	}()
+	addr := ln.Addr().String()
+	dial = func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	kill = func() {
+		ln.Close()
+		cancel()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}
+	t.Cleanup(kill)
+	return dial, kill
+}
+
+// 2 replicas + witness: either replica may die and writes go on with the
+// other and the witness; the one that was away comes back and resyncs.
+// Without the witness, the survivor could not acknowledge anything.
+func TestTwoReplicasWithWitness(t *testing.T) {
+	c := newTestCluster(t, 2, 8<<20)
+	wdial, _ := startWitness(t, filepath.Join(c.baseDir, "witness"))
+	promote := func(id NodeID) (*Primary, error) {
+		c.mu.Lock()
+		n := c.nodes[id]
+		c.mu.Unlock()
+		return Promote(context.Background(), PrimaryConfig{
+			Self: id, VolumeID: testVolume, Replicas: c.ids, Local: n.rep, Dial: c.dialer(id), WitnessDial: wdial,
+			PeerTimeout: 3 * time.Second, ReadLease: 100 * time.Millisecond, OnNoQuorum: IOError, Logger: quietLog(),
+		})
+	}
+	p, err := promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(11, 12))
+	randomWrites(t, p, rng, 20, 64<<10)
+	// The secondary dies: writes go on, confirmed by the witness.
+	addr := c.kill(2)
+	randomWrites(t, p, rng, 20, 64<<10)
+	if err := p.Flush(); err != nil {
+		t.Fatalf("flush with one replica and the witness: %v", err)
+	}
+	c.start(2, addr)
+	waitSynced(t, p, 2)
+	p.Flush()
+	if !bytes.Equal(c.dataOf(1), c.dataOf(2)) {
+		t.Fatal("replica 2 differs after its resync")
+	}
+	// Now the primary's node dies: node 2 promotes itself with the
+	// witness's promise and writes on alone.
+	p.Close()
+	addr1 := c.kill(1)
+	p2, err := promote(2)
+	if err != nil {
+		t.Fatalf("promotion of the survivor with the witness: %v", err)
+	}
+	defer p2.Close()
+	randomWrites(t, p2, rng, 20, 64<<10)
+	if err := p2.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.start(1, addr1)
+	waitSynced(t, p2, 2)
+	p2.Flush()
+	if !bytes.Equal(c.dataOf(1), c.dataOf(2)) {
+		t.Fatal("replica 1 differs after it came back")
+	}
+}
+
+// Without a witness, one of two replicas cannot acknowledge a write.
+func TestTwoReplicasWithoutWitnessStop(t *testing.T) {
+	c := newTestCluster(t, 2, 4<<20)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c.kill(2)
+	if err := p.WriteAt(make([]byte, 4096), 0, false); !errors.Is(err, unix.EIO) {
+		t.Fatalf("write with one of two replicas and no witness: %v", err)
 	}
 }

@@ -23,7 +23,7 @@ func (p *Primary) maintain() {
 			switch {
 			case alive && pe.state == PeerDown:
 				back = append(back, pe)
-			case alive && !pe.resyncing && (pe.digest || pe.missed.Count() > 0 || pe.state == PeerSyncing):
+			case alive && !pe.noData && !pe.resyncing && (pe.digest || pe.missed.Count() > 0 || pe.state == PeerSyncing):
 				needSync = append(needSync, pe)
 			}
 		}
@@ -31,7 +31,7 @@ func (p *Primary) maintain() {
 		for _, pe := range back {
 			p.rejoin(pe)
 			p.mu.Lock()
-			if pe.state != PeerDown && !pe.resyncing {
+			if pe.state != PeerDown && !pe.noData && !pe.resyncing {
 				needSync = append(needSync, pe) // now, not at the next tick
 			}
 			p.mu.Unlock()
@@ -92,6 +92,11 @@ func (p *Primary) rejoin(pe *peer) {
 	// Its own activity log names what a crash of it may have lost.
 	for _, x := range decodeExtents(a.Payload) {
 		pe.missed.Mark(x*ExtentBytes, ExtentBytes)
+	}
+	if pe.noData {
+		pe.state = PeerVoter
+		p.log.Info("witness is back", "epoch", p.epoch)
+		return
 	}
 	if slices.Contains(p.members, pe.id) {
 		pe.state = PeerMember

@@ -45,6 +45,7 @@ const (
 	MsgFailed                        // the request failed on the replica (I/O error); payload: the error text
 	MsgVerify                        // check the blocks of [Offset, Offset+Length) against their checksums
 	MsgVerifyOK                      // payload: the failing block numbers (u64 each)
+	MsgConfirm                       // to the witness: accept a write of Epoch in Gen (no data); answered with WriteOK
 	msgTypeEnd
 )
 
@@ -287,7 +288,7 @@ func Decode(frame []byte) (*Message, error) {
 
 func (t MsgType) String() string {
 	names := [...]string{"", "Prepare", "Promise", "Refuse", "StoreGen", "StoreGenOK", "Write", "WriteOK", "Zero", "Flush", "FlushOK",
-		"SyncWrite", "Read", "ReadOK", "Digest", "DigestOK", "Failed", "Verify", "VerifyOK"}
+		"SyncWrite", "Read", "ReadOK", "Digest", "DigestOK", "Failed", "Verify", "VerifyOK", "Confirm"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}
