@@ -57,6 +57,10 @@ read the same way, so 50M is 52.4 MB/s).`,
 			defer stop()
 			res, err := migratebench.Run(ctx, cfg)
 			if err != nil {
+				if res != nil && len(res.Rows) > 0 {
+					// Interrupted: the finished configurations still count.
+					fmt.Print(res.Markdown("paddock bench migrate " + strings.Join(os.Args[3:], " ") + " (interrupted)"))
+				}
 				return err
 			}
 			if asJSON {

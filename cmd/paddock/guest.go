@@ -272,12 +272,21 @@ func receiveEither(ctx context.Context, lq, lt migrate.Listener, opts migrate.De
 		}()
 	}
 	first := <-ch
-	if first.err != nil && errors.Is(first.err, context.Canceled) {
-		first = <-ch
-		return first.st, first.err
+	if first.err == nil {
+		cancel()
+		<-ch
+		return first.st, nil
+	}
+	// The first to end failed. If the other side is mid-migration, its
+	// outcome is the one that counts; else stop it, holding the lock so
+	// that no migration starts there meanwhile.
+	if !started.TryLock() {
+		second := <-ch
+		return second.st, second.err
 	}
 	cancel()
 	<-ch
+	started.Unlock()
 	return first.st, first.err
 }
 
