@@ -2,7 +2,19 @@
 // memory (a memfd shared with the VMM), dirty-page trackers, the page codec
 // and frame format spoken on the wire, and the transports (QUIC, TLS/TCP)
 // that carry frames between the source and the destination node. The
-// pre-copy engine (rounds, convergence, switchover) stands on these pieces.
+// pre-copy engine stands on these pieces:
+//
+//   - Migrate (engine_source.go) runs in the process that owns the Guest
+//     (Pause, Resume, Throttle, State, RAM): the bulk pass, then rounds of
+//     dirty pages; after each, Convergence (a pure state machine) applies
+//     QEMU's rule and auto-converge; then pause, the last round, the device
+//     state and the RAM digest, and a two-phase commit.
+//   - Receive (engine_dest.go) applies the streams to fresh RAM, checks the
+//     digest, confirms, and resumes the guest only at the commit. The
+//     conversation, and how a commit whose confirmation is lost is settled
+//     by a redial, is described in engine.go.
+//   - SynthGuest is a guest for tests, benchmarks and `paddock guest run`:
+//     a writer that dirties pages at a rate, with self-verifying content.
 //
 //   - Memory is the guest's RAM: a memfd mapped MAP_SHARED, so a VMM can map
 //     the same pages. The unit everywhere is PageBytes (4096).
