@@ -9,15 +9,18 @@
 //     dirty pages; after each, Convergence (a pure state machine) applies
 //     QEMU's rule and auto-converge; then pause, the last round, the device
 //     state and the RAM digest, and a two-phase commit.
+//
 //   - Receive (engine_dest.go) applies the streams to fresh RAM, checks the
 //     digest, confirms, and resumes the guest only at the commit. The
 //     conversation, and how a commit whose confirmation is lost is settled
 //     by a redial, is described in engine.go.
+//
 //   - SynthGuest is a guest for tests, benchmarks and `paddock guest run`:
 //     a writer that dirties pages at a rate, with self-verifying content.
 //
 //   - Memory is the guest's RAM: a memfd mapped MAP_SHARED, so a VMM can map
 //     the same pages. The unit everywhere is PageBytes (4096).
+//
 //   - Tracker reports which pages were written since the previous Collect.
 //     UffdTracker (the default, Linux 6.7+) uses userfaultfd write-protection
 //     in async mode plus the PAGEMAP_SCAN ioctl: no fault reaches user space,
@@ -26,14 +29,17 @@
 //     to it (writes through another mapping or pwrite on the fd are not
 //     seen). ExplicitTracker is fed by its writers (block devices, tests).
 //     CheckUffdTracker says, with an *UnsupportedError, what a kernel lacks.
+//
 //   - Encoder and Decoder speak the frame format (frame.go): page frames in
 //     zero, raw, s2, zstd or batches of per-page records that may be
 //     XBZRLE-style deltas (xbzrle.go) against a bounded LRU of what was last
 //     sent; control frames for hello, rounds, device state, the RAM digest,
 //     commit, ack and error. Every header and payload has a crc32c; the
 //     decoder checks every field against hard limits before trusting it.
+//
 //   - RAMDigest is a chunked digest of RAM that can be kept current
 //     incrementally.
+//
 //   - Conn carries one control stream and N page streams, over QUIC or over
 //     parallel TLS/TCP connections, mutually authenticated by a CA
 //     (TLSIdentity; SelfSignedCA for tests and standalone use).
