@@ -19,7 +19,7 @@ func init() {
 	var (
 		sock, to, transport, serverName, compress, bandwidth string
 		downtime, timeout                                    time.Duration
-		streams, maxRounds                                   int
+		streams, maxRounds, downtimeMs                       int
 		noAutoConverge, asJSON                               bool
 	)
 	cmd := &cobra.Command{
@@ -37,6 +37,9 @@ was. The exit status is 0 only when the guest runs on the destination.`,
 			s, err := guestSock(args[0], sock)
 			if err != nil {
 				return err
+			}
+			if cmd.Flags().Changed("downtime-ms") {
+				downtime = time.Duration(downtimeMs) * time.Millisecond
 			}
 			bw, err := parseSize(bandwidth)
 			if err != nil {
@@ -116,6 +119,7 @@ was. The exit status is 0 only when the guest runs on the destination.`,
 	fl.StringVar(&serverName, "server-name", "", "name the destination's certificate must carry (default: HOST of --to)")
 	fl.StringVar(&transport, "transport", migrate.TransportQUIC, "quic or tcp")
 	fl.DurationVar(&downtime, "downtime", migrate.DefaultDowntimeLimit, "downtime limit: switch over when the rest can go in this long")
+	fl.IntVar(&downtimeMs, "downtime-ms", 0, "downtime limit in milliseconds (instead of --downtime)")
 	fl.DurationVar(&timeout, "timeout", migrate.DefaultTimeout, "cancel the migration (guest stays) after this long")
 	fl.IntVar(&streams, "streams", 8, "parallel page streams")
 	fl.IntVar(&maxRounds, "max-rounds", 0, fmt.Sprintf("cancel after this many rounds (0 = %d)", migrate.DefaultMaxRounds))
