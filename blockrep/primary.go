@@ -232,6 +232,14 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 	p.loadBitmaps()
 	p.connectAll(ctx)
 
+	// Pre-vote: ask what the voters hold first, without a promise. A
+	// candidate that cannot reach a majority, or that is not up to date,
+	// stops here, before it raises the epoch and so deposes a serving
+	// primary for nothing.
+	if err := p.preVote(); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
+	}
 	e := cfg.Local.Voter().Promised + 1
 	var promises []Promise
 	hot := map[NodeID][]int64{}
@@ -328,6 +336,20 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 	p.wg.Add(1)
 	go p.maintain()
 	return p, nil
+}
+
+// preVote checks, without changing any voter, that a majority answers
+// and that this node is a member of the newest generation they report.
+func (p *Primary) preVote() error {
+	local := p.cfg.Local.Voter()
+	answers := []Promise{{From: p.cfg.Self, Epoch: 1, Gen: local.Gen, Members: local.Members}}
+	for _, a := range p.broadcast(&Message{Type: MsgPrepare, Flags: FlagQuery, Epoch: 1}) {
+		if a.Type == MsgPromise {
+			answers = append(answers, Promise{From: a.From, Epoch: 1, Gen: a.Gen, Members: a.Members})
+		}
+	}
+	_, err := Decide(p.cfg.Self, p.voters, 1, answers)
+	return err
 }
 
 func decodeExtents(b []byte) []int64 {

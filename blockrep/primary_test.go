@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -698,5 +699,32 @@ func TestTwoReplicasWithoutWitnessStop(t *testing.T) {
 	c.kill(2)
 	if err := p.WriteAt(make([]byte, 4096), 0, false); !errors.Is(err, unix.EIO) {
 		t.Fatalf("write with one of two replicas and no witness: %v", err)
+	}
+}
+
+// A candidate that is not up to date fails its pre-vote and leaves every
+// voter's epoch alone (it would otherwise depose a serving primary for
+// nothing).
+func TestStaleCandidateDoesNotRaiseEpochs(t *testing.T) {
+	c := newTestCluster(t, 3, 4<<20)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := c.kill(3)
+	randomWrites(t, p, rand.New(rand.NewPCG(1, 1)), 10, 64<<10)
+	before := c.nodes[1].rep.Voter().Promised
+	p.Close()
+	c.start(3, addr)
+	if _, err := c.promote(3); err == nil || !strings.Contains(err.Error(), "not up to date") {
+		t.Fatalf("stale node 3 promoted: %v", err)
+	}
+	for _, id := range []NodeID{1, 2} {
+		c.mu.Lock()
+		got := c.nodes[id].rep.Voter().Promised
+		c.mu.Unlock()
+		if got != before {
+			t.Fatalf("node %d promised epoch %d after a failed pre-vote (was %d)", id, got, before)
+		}
 	}
 }

@@ -238,6 +238,11 @@ func (r *Replica) Handle(m *Message) *Message {
 	inRange := func() bool { return int64(m.Offset) <= size && int64(m.Offset)+int64(m.Length) <= size }
 	switch m.Type {
 	case MsgPrepare:
+		if m.Flags&FlagQuery != 0 {
+			v := r.Voter()
+			reply.Type, reply.Epoch, reply.Gen, reply.Members = MsgPromise, max(v.Promised, 1), v.Gen, v.Members
+			return reply
+		}
 		p, ref, err := r.Prepare(m.Epoch, m.From)
 		if err != nil {
 			return fail(err)

@@ -55,6 +55,10 @@ const (
 	// FlagSync marks a zero sent to a replica that is catching up (as
 	// MsgSyncWrite is for data): only the epoch is checked.
 	FlagSync uint8 = 1 << 1
+	// FlagQuery on a Prepare asks what the voter holds without asking
+	// for a promise (a pre-vote): a candidate that could not win does
+	// not disturb the serving primary by raising the epoch.
+	FlagQuery uint8 = 1 << 2
 )
 
 const (
@@ -168,7 +172,7 @@ func (m *Message) check() error {
 	if len(m.Members) > maxMembers {
 		return badf("%d members, at most %d", len(m.Members), maxMembers)
 	}
-	if m.Flags&^(FlagFUA|FlagSync) != 0 {
+	if m.Flags&^(FlagFUA|FlagSync|FlagQuery) != 0 {
 		return badf("unknown flags %#x", m.Flags)
 	}
 	if lim := payloadLimit(m.Type); len(m.Payload) > lim {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/paddock-io/paddock/internal/atomicfile"
@@ -103,6 +104,10 @@ func (w *WitnessVoters) Handle(m *Message) *Message {
 	before := *v
 	switch m.Type {
 	case MsgPrepare:
+		if m.Flags&FlagQuery != 0 {
+			reply.Type, reply.Epoch, reply.Gen, reply.Members = MsgPromise, max(v.Promised, 1), v.Gen, slices.Clone(v.Members)
+			return reply
+		}
 		p, ref := v.PrepareFrom(m.Epoch, m.From)
 		if ref != nil {
 			return refuse(ref)

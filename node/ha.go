@@ -40,6 +40,10 @@ import (
 // lease needs well under its stall time, token/2).
 const haTickMs = 100
 
+// failoverProposeMs bounds the configuration change of a failover; past
+// it, the acting node takes over by itself if it is the choice.
+const failoverProposeMs = 5000
+
 // fenceRetryMs spaces attempts to fence a node whose fence failed.
 const fenceRetryMs = 5000
 
@@ -133,7 +137,7 @@ func (a *haAgent) tick(ctx context.Context) {
 	waitCfg := a.lease.Config()
 	for _, v := range cfg.Volumes {
 		lost, ok := a.lostAt[v.Primary]
-		if !ok || a.proposing[v.Name] {
+		if !ok || a.proposing[v.Name] || a.m.tookOver(v.Name) {
 			continue
 		}
 		victim, _ := cfg.Node(v.Primary)
@@ -197,7 +201,9 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 		time.Sleep(time.Second)
 		return
 	}
-	_, err := d.conf.Propose(ctx, func(cur *ClusterConfig) (*ClusterConfig, error) {
+	pctx, cancel := context.WithTimeout(ctx, failoverProposeMs*time.Millisecond)
+	defer cancel()
+	_, err := d.conf.Propose(pctx, func(cur *ClusterConfig) (*ClusterConfig, error) {
 		cv, ok := cur.Volume(v.Name)
 		if !ok || cv.Primary != v.Primary {
 			return nil, fmt.Errorf("volume %s changed meanwhile", v.Name)
@@ -212,6 +218,15 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 	})
 	n, _ := cfg.Node(best)
 	if err != nil {
+		if best == d.loaded.Identity.ID {
+			// The cluster is quorate (votequorum, perhaps with the
+			// witness's vote) but cannot commit a configuration
+			// change (2 nodes: its Paxos needs both). Safety does not
+			// rest on the configuration: this node takes over; the
+			// epoch rule keeps any other primary from acknowledging.
+			a.m.takeOver(v.Name, v.Primary)
+			return
+		}
 		a.log.Error("failover: configuration change failed", "volume", v.Name, "to", n.Name, "err", err)
 		return
 	}

@@ -350,6 +350,9 @@ func (d *Daemon) volumeStatus(ctx context.Context, name string) (VolumeStatus, e
 	for _, r := range reports {
 		if r.Primary != nil && r.Primary.Deposed == "" {
 			prim, primNode = r.Primary, r.NodeID
+			// The serving primary, which differs from the configured
+			// one after a takeover.
+			st.Primary = r.Node
 		}
 	}
 	for _, r := range reports {

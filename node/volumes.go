@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/paddock-io/paddock/blockrep"
 	"github.com/paddock-io/paddock/nbd"
+	"github.com/paddock-io/paddock/quorum/witness"
 )
 
 // Timeouts of the volume service.
@@ -53,6 +55,7 @@ type volumeManager struct {
 }
 
 type localVolume struct {
+	m          *volumeManager
 	cfg        VolumeConfig
 	replica    *blockrep.Replica
 	primary    *blockrep.Primary
@@ -60,6 +63,12 @@ type localVolume struct {
 	promoteErr string
 	fwd        *nbd.Client
 	fwdTo      uint32
+	// takeoverFrom is set when this node took the primary role over from
+	// a lost node without a configuration change (the cluster could not
+	// commit one: 2 nodes and a witness, say). It holds while the
+	// configuration still names that node; the next committed change
+	// replaces it.
+	takeoverFrom uint32
 	// lastScrub is when the background scrub last started here.
 	lastScrub       time.Time
 	scrubbing       bool
@@ -170,10 +179,16 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 	for _, v := range cfg.Volumes {
 		lv := m.vols[v.Name]
 		if lv == nil {
-			lv = &localVolume{cfg: v}
+			lv = &localVolume{m: m, cfg: v}
 			m.vols[v.Name] = lv
 		}
+		if lv.takeoverFrom != 0 && v.Primary != lv.takeoverFrom {
+			lv.takeoverFrom = 0
+		}
 		lv.cfg = v
+		if lv.takeoverFrom != 0 {
+			v.Primary = self // the effective primary, here
+		}
 		holds := slices.Contains(v.Replicas, self)
 		if holds && lv.replica == nil {
 			r, err := blockrep.OpenReplica(m.replicaDir(v), blockrep.ReplicaOptions{
@@ -229,8 +244,13 @@ func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
 	lv := m.vols[v.Name]
 	r := lv.replica
 	m.mu.Unlock()
+	var witnessDial func(context.Context) (net.Conn, error)
+	if w := m.d.config().Quorum.Witness; w != nil && len(v.Replicas) == 2 {
+		witnessDial = m.dialWitness(w.Addr)
+	}
 	p, err := blockrep.Promote(ctx, blockrep.PrimaryConfig{
-		Self: blockrep.NodeID(m.d.loaded.Identity.ID), VolumeID: v.ID, Replicas: replicaIDs(v), Local: r,
+		WitnessDial: witnessDial,
+		Self:        blockrep.NodeID(m.d.loaded.Identity.ID), VolumeID: v.ID, Replicas: replicaIDs(v), Local: r,
 		Dial: m.dialPeer, RegionBytes: v.RegionBytes, OnNoQuorum: blockrep.OnNoQuorum(v.OnNoQuorum),
 		WriteQuorum: v.WriteQuorum, Logger: m.log.With("volume_name", v.Name),
 		ResyncMaxBytesPerSecond: v.ResyncMaxBytesPerSecond, ResyncMinBytesPerSecond: v.ResyncMinBytesPerSecond,
@@ -244,7 +264,7 @@ func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
 		return
 	}
 	cur, ok := m.vols[v.Name]
-	if !ok || cur != lv || lv.cfg.Primary != m.d.loaded.Identity.ID {
+	if !ok || cur != lv || lv.effectivePrimary() != m.d.loaded.Identity.ID {
 		p.Close()
 		return
 	}
@@ -273,12 +293,12 @@ func (m *volumeManager) closeAll() {
 	}
 }
 
-func (m *volumeManager) lookupReplica(id uint64) *blockrep.Replica {
+func (m *volumeManager) lookupReplica(id uint64) blockrep.Handler {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, lv := range m.vols {
-		if lv.cfg.ID == id {
-			return lv.replica
+		if lv.cfg.ID == id && lv.replica != nil {
+			return lv.replica // never a nil *Replica inside a non-nil Handler
 		}
 	}
 	return nil
@@ -401,7 +421,7 @@ func (m *volumeManager) tryRoute(name string) (*blockrep.Primary, *nbd.Client, e
 		m.mu.Unlock()
 		return nil, nil, errors.New("not open on this node yet"), true
 	}
-	if lv.cfg.Primary == self {
+	if lv.effectivePrimary() == self {
 		p, why := lv.primary, lv.promoteErr
 		m.mu.Unlock()
 		if p == nil {
@@ -417,7 +437,7 @@ func (m *volumeManager) tryRoute(name string) (*blockrep.Primary, *nbd.Client, e
 		m.mu.Unlock()
 		return nil, c, nil, false
 	}
-	target := lv.cfg.Primary
+	target := lv.effectivePrimary()
 	m.mu.Unlock()
 	n, ok := m.d.config().Node(target)
 	if !ok {
@@ -429,7 +449,7 @@ func (m *volumeManager) tryRoute(name string) (*blockrep.Primary, *nbd.Client, e
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if lv.fwd != nil || lv.cfg.Primary != target {
+	if lv.fwd != nil || lv.effectivePrimary() != target {
 		c.Abort()
 		return nil, nil, errors.New("route changed"), true
 	}
@@ -549,4 +569,47 @@ func (m *volumeManager) backgroundScrub(ctx context.Context, lv *localVolume, p 
 	default:
 		m.log.Info("background scrub clean", "volume", lv.cfg.Name, "bytes", rep.BytesScanned, "seconds", rep.Seconds)
 	}
+}
+
+// dialWitness reaches the witness's volume vote: the port after its
+// quorum vote, the same mutual TLS.
+func (m *volumeManager) dialWitness(addr string) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		pki, cfg := m.d.loaded.PKI, m.d.config()
+		d := tls.Dialer{Config: witness.ClientTLS(pki.CACert, pki.NodeCert, cfg.ClusterID)}
+		return d.DialContext(ctx, "tcp", netip.AddrPortFrom(ap.Addr(), ap.Port()+1).String())
+	}
+}
+
+// effectivePrimary is the node serving the volume as this node knows it:
+// the configured primary, or this node after a takeover.
+func (lv *localVolume) effectivePrimary() uint32 {
+	if lv.takeoverFrom != 0 {
+		return lv.m.d.loaded.Identity.ID
+	}
+	return lv.cfg.Primary
+}
+
+// takeOver makes this node the volume's primary without a configuration
+// change (see localVolume.takeoverFrom).
+func (m *volumeManager) takeOver(name string, from uint32) {
+	m.mu.Lock()
+	if lv := m.vols[name]; lv != nil && lv.cfg.Primary == from {
+		lv.takeoverFrom = from
+		m.log.Warn("taking the primary role over without a configuration change (the cluster cannot commit one now)", "volume", name, "from", from)
+	}
+	m.mu.Unlock()
+	m.changed()
+}
+
+// tookOver says whether this node serves the volume by a takeover.
+func (m *volumeManager) tookOver(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	lv := m.vols[name]
+	return lv != nil && lv.takeoverFrom != 0
 }

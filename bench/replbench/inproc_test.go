@@ -83,7 +83,7 @@ func startInproc(tb testing.TB, dir string, n int, sizeBytes int64, useTLS bool)
 		}
 		lns = append(lns, ln)
 		addrs[id] = ln.Addr().String()
-		srv := &blockrep.Server{Self: id, Lookup: func(v uint64) *blockrep.Replica {
+		srv := &blockrep.Server{Self: id, Lookup: func(v uint64) blockrep.Handler {
 			if v == inprocVolume {
 				return rep
 			}

@@ -7,6 +7,8 @@ package main
 // acknowledged.
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,4 +129,40 @@ func TestStalePrimaryAfterPause(t *testing.T) {
 		}
 	}
 	testbin.Run(t, 60*time.Second, "qemu-io", "-f", "raw", "-c", "read -P 0xbb 0 1M", nodes[0].uri("vm"))
+}
+
+// 2 nodes, a witness and a 2-replica volume: either replica may die and
+// writes go on with the other and the witness's confirmation; the one
+// that was away comes back and resyncs; when the primary's node dies the
+// survivor (quorate with the witness's vote) takes over after the lease.
+func TestTwoReplicasAndWitness(t *testing.T) {
+	testbin.Require(t, "qemu-io")
+	nodes := makeVolumeCluster(t, 2)
+	bin := testbin.Paddock(t)
+	w := newTestWitness(t, nodes[0].dir, fmt.Sprintf("127.0.0.10:%d", freePortPair(t, "127.0.0.10")))
+	w.start(t)
+	setWitness(t, &nodes[0].testNode, "--witness", w.addr)
+	for _, n := range nodes {
+		n.waitStatus(t, "2 members and the witness's vote", 20*time.Second, withWitness(2))
+	}
+	testbin.Run(t, 60*time.Second, bin, "volume", "create", "vm", "--size", "16M", "--nodes", "n1,n2", "--data-dir", nodes[0].dir)
+	nodes[0].waitUpToDate(t, "vm", 30*time.Second)
+	testbin.Run(t, 60*time.Second, "qemu-io", "-f", "raw", "-c", "write -P 0xaa 0 2M", nodes[0].uri("vm"))
+
+	// The secondary dies: writes go on.
+	nodes[1].proc.Kill()
+	testbin.Run(t, 60*time.Second, "qemu-io", "-f", "raw", "-c", "write -P 0xbb 1M 2M", "-c", "flush", nodes[0].uri("vm"))
+	nodes[1].start(t)
+	st := nodes[0].waitUpToDate(t, "vm", 60*time.Second)
+	if !bytes.Equal(replicaData(t, nodes[0], st.Volume.ID), replicaData(t, nodes[1], st.Volume.ID)) {
+		t.Fatal("the returning replica differs after its resync")
+	}
+
+	// The primary dies: n2 takes over with the witness.
+	killed := time.Now()
+	nodes[0].proc.Kill()
+	st = waitPrimaryNot(t, nodes[1], "vm", "n1", 60*time.Second)
+	t.Logf("n2 primary %.1f s after the kill of n1", time.Since(killed).Seconds())
+	testbin.Run(t, 60*time.Second, "qemu-io", "-f", "raw", "-c", "read -P 0xaa 0 1M", "-c", "read -P 0xbb 1M 2M",
+		"-c", "write -P 0xcc 4M 1M", nodes[1].uri("vm"))
 }

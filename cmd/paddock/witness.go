@@ -53,6 +53,11 @@ leases of its previous life before it votes again.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			go func() {
+				if err := serveWitnessVolumes(ctx, d, listen, log); err != nil {
+					log.Error("witness volume vote stopped", "err", err)
+				}
+			}()
 			return srv.Serve(ctx, ln)
 		},
 	}
