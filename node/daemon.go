@@ -200,8 +200,8 @@ func (d *Daemon) servePeers(ctx context.Context, addr string) error {
 	mux.HandleFunc("POST /peer/v1/confchange", d.conf.peerHandler)
 	mux.HandleFunc("POST /join/v1", d.joinHandler)
 	mux.HandleFunc("GET /peer/v1/volumes/{id}", d.peerVolumeHandler)
-	mux.HandleFunc("POST /peer/v1/volumes/{id}/scrub", d.peerScrubHandler)
-	mux.HandleFunc("POST /peer/v1/volumes/{id}/discard", d.peerDiscardHandler)
+	mux.HandleFunc("POST /peer/v1/volumes/{id}/scrub", d.peerScrubHandler())
+	mux.HandleFunc("POST /peer/v1/volumes/{id}/discard", d.peerDiscardHandler())
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("peer listener on %s: %w", addr, err)

@@ -431,68 +431,13 @@ func (d *Daemon) fetchReport(ctx context.Context, cfg *ClusterConfig, nodeID uin
 // scrubVolume runs a verify or scrub on the volume's primary: here, or on
 // the primary's node over the peer API.
 func (d *Daemon) scrubVolume(ctx context.Context, name string, repair bool) (blockrep.ScrubReport, error) {
-	cfg := d.config()
-	v, ok := cfg.Volume(name)
-	if !ok {
-		return blockrep.ScrubReport{}, fmt.Errorf("no volume named %q", name)
-	}
-	if v.Primary == d.loaded.Identity.ID {
-		p := d.vols.primaryOf(v.ID)
-		if p == nil {
-			return blockrep.ScrubReport{}, fmt.Errorf("volume %q has no serving primary on this node yet", name)
-		}
-		return p.Scrub(ctx, repair, 0)
-	}
-	n, _ := cfg.Node(v.Primary)
-	body, _ := json.Marshal(ScrubRequest{Repair: repair})
-	req, err := http.NewRequestWithContext(ctx, "POST", "https://"+n.ClusterAddr+"/peer/v1/volumes/"+strconv.FormatUint(v.ID, 10)+"/scrub", bytes.NewReader(body))
-	if err != nil {
-		return blockrep.ScrubReport{}, err
-	}
-	client := &http.Client{Timeout: scrubTimeout, Transport: &http.Transport{TLSClientConfig: d.loaded.PKI.ClientTLS()}}
-	resp, err := client.Do(req)
-	if err != nil {
-		return blockrep.ScrubReport{}, fmt.Errorf("asking the primary %s: %w", n.Name, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return blockrep.ScrubReport{}, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return blockrep.ScrubReport{}, fmt.Errorf("primary %s: %s", n.Name, bytes.TrimSpace(data))
-	}
 	var rep blockrep.ScrubReport
-	return rep, json.Unmarshal(data, &rep)
-}
-
-// peerScrubHandler runs a scrub for another node's CLI.
-func (d *Daemon) peerScrubHandler(w http.ResponseWriter, r *http.Request) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		http.Error(w, "a cluster certificate is required", http.StatusUnauthorized)
-		return
-	}
-	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
-	if err != nil {
-		http.Error(w, "bad volume id", http.StatusBadRequest)
-		return
-	}
-	var req ScrubRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	p := d.vols.primaryOf(id)
-	if p == nil {
-		http.Error(w, "this node is not serving the volume as primary", http.StatusConflict)
-		return
-	}
-	rep, err := p.Scrub(r.Context(), req.Repair, 0)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusConflict)
-		return
-	}
-	writeJSONResponse(w, http.StatusOK, rep)
+	err := d.onPrimary(ctx, name, "scrub", ScrubRequest{Repair: repair}, &rep, func(p *blockrep.Primary) error {
+		var err error
+		rep, err = p.Scrub(ctx, repair, 0)
+		return err
+	})
+	return rep, err
 }
 
 // resolveVolume has the primary discard a replica's data.
@@ -506,56 +451,100 @@ func (d *Daemon) resolveVolume(ctx context.Context, name, discard string) error 
 	if !ok || !slices.Contains(v.Replicas, n.ID) {
 		return fmt.Errorf("no replica of %q on a node named %q", name, discard)
 	}
+	return d.onPrimary(ctx, name, "discard", ResolveRequest{Discard: discard}, nil, func(p *blockrep.Primary) error {
+		return p.Discard(blockrep.NodeID(n.ID))
+	})
+}
+
+// onPrimary runs op on the volume's primary: here when this node serves
+// it, else by POST /peer/v1/volumes/{id}/{action} to the primary's node,
+// whose answer is decoded into out.
+func (d *Daemon) onPrimary(ctx context.Context, name, action string, req, out any, op func(*blockrep.Primary) error) error {
+	cfg := d.config()
+	v, ok := cfg.Volume(name)
+	if !ok {
+		return fmt.Errorf("no volume named %q", name)
+	}
 	if v.Primary == d.loaded.Identity.ID {
 		p := d.vols.primaryOf(v.ID)
 		if p == nil {
 			return fmt.Errorf("volume %q has no serving primary on this node yet", name)
 		}
-		return p.Discard(blockrep.NodeID(n.ID))
+		return op(p)
 	}
-	pn, _ := cfg.Node(v.Primary)
-	body, _ := json.Marshal(ResolveRequest{Discard: discard})
-	req, err := http.NewRequestWithContext(ctx, "POST", "https://"+pn.ClusterAddr+"/peer/v1/volumes/"+strconv.FormatUint(v.ID, 10)+"/discard", bytes.NewReader(body))
+	n, _ := cfg.Node(v.Primary)
+	body, _ := json.Marshal(req)
+	hreq, err := http.NewRequestWithContext(ctx, "POST", "https://"+n.ClusterAddr+"/peer/v1/volumes/"+strconv.FormatUint(v.ID, 10)+"/"+action, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
-	resp, err := d.conf.client.Do(req)
+	client := &http.Client{Timeout: scrubTimeout, Transport: &http.Transport{TLSClientConfig: d.loaded.PKI.ClientTLS()}}
+	resp, err := client.Do(hreq)
 	if err != nil {
-		return fmt.Errorf("asking the primary %s: %w", pn.Name, err)
+		return fmt.Errorf("asking the primary %s: %w", n.Name, err)
 	}
 	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("primary %s: %s", pn.Name, bytes.TrimSpace(data))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return err
 	}
-	return nil
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("primary %s: %s", n.Name, bytes.TrimSpace(data))
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(data, out)
+}
+
+// peerPrimaryHandler answers another node's onPrimary: it checks the
+// caller's cluster certificate, decodes the request into req and runs op
+// on this node's primary of the volume; op's result is the answer.
+func (d *Daemon) peerPrimaryHandler(req func() any, op func(p *blockrep.Primary, r *http.Request, req any) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			http.Error(w, "a cluster certificate is required", http.StatusUnauthorized)
+			return
+		}
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
+		if err != nil {
+			http.Error(w, "bad volume id", http.StatusBadRequest)
+			return
+		}
+		body := req()
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		p := d.vols.primaryOf(id)
+		if p == nil {
+			http.Error(w, "this node is not serving the volume as primary", http.StatusConflict)
+			return
+		}
+		out, err := op(p, r, body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, out)
+	}
+}
+
+// peerScrubHandler runs a scrub for another node's CLI.
+func (d *Daemon) peerScrubHandler() http.HandlerFunc {
+	return d.peerPrimaryHandler(func() any { return &ScrubRequest{} }, func(p *blockrep.Primary, r *http.Request, req any) (any, error) {
+		return p.Scrub(r.Context(), req.(*ScrubRequest).Repair, 0)
+	})
 }
 
 // peerDiscardHandler runs a discard for another node's CLI.
-func (d *Daemon) peerDiscardHandler(w http.ResponseWriter, r *http.Request) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		http.Error(w, "a cluster certificate is required", http.StatusUnauthorized)
-		return
-	}
-	id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
-	if err != nil {
-		http.Error(w, "bad volume id", http.StatusBadRequest)
-		return
-	}
-	var req ResolveRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	n, ok := d.config().NodeByName(req.Discard)
-	p := d.vols.primaryOf(id)
-	if !ok || p == nil {
-		http.Error(w, "this node is not serving the volume as primary, or no such node", http.StatusConflict)
-		return
-	}
-	if err := p.Discard(blockrep.NodeID(n.ID)); err != nil {
-		http.Error(w, err.Error(), http.StatusConflict)
-		return
-	}
-	writeJSONResponse(w, http.StatusOK, map[string]string{"discarding": req.Discard})
+func (d *Daemon) peerDiscardHandler() http.HandlerFunc {
+	return d.peerPrimaryHandler(func() any { return &ResolveRequest{} }, func(p *blockrep.Primary, r *http.Request, req any) (any, error) {
+		name := req.(*ResolveRequest).Discard
+		n, ok := d.config().NodeByName(name)
+		if !ok {
+			return nil, fmt.Errorf("no node named %q", name)
+		}
+		return map[string]string{"discarding": name}, p.Discard(blockrep.NodeID(n.ID))
+	})
 }
