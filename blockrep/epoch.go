@@ -36,6 +36,17 @@ import (
 //     quorum of the voters (so with one of two replicas away, each write is
 //     confirmed by the witness).
 //
+//  4. Memory. The rule rests on voters never forgetting what they
+//     promised and stored. A replica whose directory was lost (a replaced
+//     disk, a deleted directory) and created again is Blank: it promises
+//     (and so refuses older epochs from then on), but its promise carries
+//     no knowledge, so Decide does not count it, and it cannot be a
+//     candidate. It stops being Blank when it stores a generation (it then
+//     knows the newest one again); it holds data again only when it is
+//     named a member after a full resync. Without this, a forgetful
+//     voter could complete a promise quorum that misses the newest
+//     generation and elect a stale replica.
+//
 // Why it holds: two quorums of one voter set intersect. Once a quorum
 // promised epoch E, any quorum a primary of an older epoch could gather
 // holds a voter that refuses it: it can get no write acknowledged and make
@@ -76,6 +87,9 @@ type VoterState struct {
 	// same candidate asking again for the same epoch (it reconnected)
 	// gets the same promise back; anyone else is refused.
 	PromisedTo NodeID `json:"promised_to,omitempty"`
+	// Blank: this voter was created again after losing its state; it
+	// knows no generation (rule 4 above).
+	Blank bool `json:"blank,omitempty"`
 }
 
 // Promise is a voter's answer to a prepare.
@@ -84,6 +98,9 @@ type Promise struct {
 	Epoch   Epoch
 	Gen     Gen
 	Members []NodeID
+	// Blank: the voter lost its state; the promise fences older epochs
+	// but says nothing about the generations.
+	Blank bool
 }
 
 // Refusal says why a voter refused.
@@ -103,7 +120,11 @@ func (v *VoterState) Prepare(e Epoch) (Promise, *Refusal) {
 		return Promise{}, &Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("epoch %d is not above", e)}
 	}
 	v.Promised = e
-	return Promise{From: v.ID, Epoch: e, Gen: v.Gen, Members: slices.Clone(v.Members)}, nil
+	return v.promise(e), nil
+}
+
+func (v *VoterState) promise(e Epoch) Promise {
+	return Promise{From: v.ID, Epoch: e, Gen: v.Gen, Members: slices.Clone(v.Members), Blank: v.Blank}
 }
 
 // PrepareFrom is Prepare by a known candidate: it records who the epoch
@@ -111,7 +132,7 @@ func (v *VoterState) Prepare(e Epoch) (Promise, *Refusal) {
 // candidates can pick the same epoch; only the first gets it.
 func (v *VoterState) PrepareFrom(e Epoch, from NodeID) (Promise, *Refusal) {
 	if e == v.Promised && from != 0 && from == v.PromisedTo {
-		return Promise{From: v.ID, Epoch: e, Gen: v.Gen, Members: slices.Clone(v.Members)}, nil
+		return v.promise(e), nil
 	}
 	p, ref := v.Prepare(e)
 	if ref == nil {
@@ -128,8 +149,15 @@ func (v *VoterState) StoreGen(e Epoch, g Gen, members []NodeID) *Refusal {
 	if g.Epoch != e || !v.Gen.Less(g) {
 		return &Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("generation %v is not newer than %v", g, v.Gen)}
 	}
+	if v.Blank && slices.Contains(members, v.ID) {
+		// A primary that has not yet seen this replica's blank promise
+		// still counts it a member: a blank replica holds none of the
+		// data, so it must not become one without a full resync.
+		return &Refusal{From: v.ID, Promised: v.Promised, Reason: "this replica lost its data and was created again: it must be resynced before it can be a member"}
+	}
 	v.Gen = g
 	v.Members = slices.Clone(members)
+	v.Blank = false
 	return nil
 }
 
@@ -162,18 +190,35 @@ type Decision struct {
 	Members []NodeID
 }
 
-// Decide checks a candidate's promises: a quorum of the voters, and the
-// candidate itself a member of the newest generation. The error says what
-// is missing.
+// Decide checks a candidate's promises: a quorum of the voters that
+// remember (blank promises do not count, rule 4), the candidate's own among
+// them, and the candidate itself a member of the newest generation. The
+// error says what is missing.
 func Decide(self NodeID, voters []NodeID, e Epoch, promises []Promise) (Decision, error) {
 	got := map[NodeID]Promise{}
+	blank := 0
 	for _, p := range promises {
-		if p.Epoch == e && slices.Contains(voters, p.From) {
-			got[p.From] = p
+		if p.Epoch != e || !slices.Contains(voters, p.From) {
+			continue
 		}
+		if p.Blank {
+			if p.From == self {
+				return Decision{}, fmt.Errorf("node %d lost its replica's data (created again): it must be resynced before it can be primary", self)
+			}
+			blank++
+			continue
+		}
+		got[p.From] = p
 	}
 	if len(got) < Quorum(len(voters)) {
-		return Decision{}, fmt.Errorf("%d of %d voters promised epoch %d; %d needed", len(got), len(voters), e, Quorum(len(voters)))
+		why := ""
+		if blank > 0 {
+			why = fmt.Sprintf(" (%d more promised but lost their state, so they do not count)", blank)
+		}
+		return Decision{}, fmt.Errorf("%d of %d voters promised epoch %d; %d needed%s", len(got), len(voters), e, Quorum(len(voters)), why)
+	}
+	if _, ok := got[self]; !ok {
+		return Decision{}, fmt.Errorf("node %d has not promised epoch %d itself", self, e)
 	}
 	var d Decision
 	first := true

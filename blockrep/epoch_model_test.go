@@ -70,6 +70,7 @@ type simNode struct {
 	maxSeen   Epoch
 	primary   *primaryRole
 	candidate *candidateRole
+	wipes     int
 }
 
 // failer is what the world reports violations to (*rapid.T, or a recorder).
@@ -286,7 +287,32 @@ func (w *world) crash(id NodeID) {
 	n.primary, n.candidate = nil, nil
 }
 
-func runEpochModel(t *rapid.T, data int, witness bool) *world {
+// wipe: the node loses its disk and is created again, blank (rule 4),
+// or, with forgetful, as if it were new (the broken alternative the
+// scenario test shows failing). Only while a majority of the data replicas
+// remember, as invariant 1 asks of the world ("while a write quorum
+// survives").
+func (w *world) wipe(id NodeID, forgetful bool) {
+	remembering := 0
+	for _, v := range w.voters {
+		if v != id && w.nodes[v].wipes == 0 {
+			remembering++
+		}
+	}
+	if remembering < Quorum(len(w.voters)) {
+		return
+	}
+	n := w.nodes[id]
+	n.primary, n.candidate = nil, nil
+	n.data = map[int]bool{}
+	n.wipes++
+	n.state = VoterState{ID: id, HasData: true, Blank: !forgetful}
+	if forgetful {
+		n.state.Gen, n.state.Members = Gen{0, 1}, w.dataNodes()
+	}
+}
+
+func runEpochModel(t *rapid.T, data int, witness, wipes bool) *world {
 	w := newWorld(t, data, witness)
 	ids := w.dataNodes()
 	pick := rapid.SampledFrom(ids)
@@ -307,6 +333,8 @@ func runEpochModel(t *rapid.T, data int, witness bool) *world {
 			w.shrink(pick.Draw(t, "shrinker"), pick.Draw(t, "dropped"))
 		case a == 74:
 			w.crash(pick.Draw(t, "crashed"))
+		case a == 75 && wipes:
+			w.wipe(pick.Draw(t, "wiped"), false)
 		default:
 			if len(w.net) > 0 {
 				w.net = slices.Delete(w.net, 0, 1) // lose the oldest message
@@ -332,9 +360,9 @@ func runEpochModel(t *rapid.T, data int, witness bool) *world {
 
 // modelCoverage counts what the random runs exercised, so a model that
 // never reaches the interesting states fails instead of passing vacuously.
-type modelCoverage struct{ acked, takeovers int }
+type modelCoverage struct{ acked, takeovers, wipes int }
 
-func checkEpochModel(t *testing.T, data int, witness bool) {
+func checkEpochModel(t *testing.T, data int, witness, wipes bool) {
 	// The model is cheap: run ten times rapid's default number of cases.
 	if f := flag.Lookup("rapid.checks"); f != nil && f.Value.String() == "100" {
 		f.Value.Set("1000")
@@ -342,19 +370,70 @@ func checkEpochModel(t *testing.T, data int, witness bool) {
 	}
 	var cov modelCoverage
 	rapid.Check(t, func(rt *rapid.T) {
-		w := runEpochModel(rt, data, witness)
+		w := runEpochModel(rt, data, witness, wipes)
 		cov.acked += len(w.acked)
 		cov.takeovers += len(w.quorumSince)
+		for _, n := range w.nodes {
+			cov.wipes += n.wipes
+		}
 	})
+	if wipes && cov.wipes < 100 {
+		t.Fatalf("the model wiped only %d replicas", cov.wipes)
+	}
 	if cov.acked < 1000 || cov.takeovers < 1000 {
 		t.Fatalf("the model exercised too little: %d acknowledged writes, %d epochs with a promise quorum", cov.acked, cov.takeovers)
 	}
-	t.Logf("coverage: %d acknowledged writes, %d epochs with a promise quorum", cov.acked, cov.takeovers)
+	t.Logf("coverage: %d acknowledged writes, %d epochs with a promise quorum, %d replicas wiped", cov.acked, cov.takeovers, cov.wipes)
 }
 
-func TestEpochModelThreeReplicas(t *testing.T) { checkEpochModel(t, 3, false) }
+func TestEpochModelThreeReplicas(t *testing.T) { checkEpochModel(t, 3, false, false) }
 
-func TestEpochModelTwoReplicasAndWitness(t *testing.T) { checkEpochModel(t, 2, true) }
+func TestEpochModelTwoReplicasAndWitness(t *testing.T) { checkEpochModel(t, 2, true, false) }
+
+// The same with replicas that lose their disk and come back blank.
+func TestEpochModelThreeReplicasWiped(t *testing.T) { checkEpochModel(t, 3, false, true) }
+
+func TestEpochModelTwoReplicasAndWitnessWiped(t *testing.T) { checkEpochModel(t, 2, true, true) }
+
+// TestEpochModelCatchesForgetfulReplica: replicas 1 and 2 make the
+// first generation of epoch 1 and acknowledge a write while 3 is cut off; then loses its disk; 1 goes away
+// and 3 campaigns. A replica created again as if new (generation 0.1, all
+// members) completes 3's promise quorum and 3, which misses the write, is
+// elected: the model must catch that. Created blank, 2's promise does not
+// count and 3 cannot pass Decide.
+func TestEpochModelCatchesForgetfulReplica(t *testing.T) {
+	for _, forgetful := range []bool{false, true} {
+		v := &violation{}
+		w := newWorld(v, 3, false)
+		cutOff3 := func() { w.net = slices.DeleteFunc(w.net, func(m msg) bool { return m.to == 3 }) }
+		w.campaign(1)
+		cutOff3()
+		w.deliverAll()
+		w.write(1)
+		cutOff3()
+		w.deliverAll()
+		if len(w.acked) != 1 {
+			t.Fatalf("setup: acknowledged %v", w.acked)
+		}
+		w.wipe(2, forgetful)
+		w.crash(1)
+		w.campaign(3)
+		w.net = slices.DeleteFunc(w.net, func(m msg) bool { return m.to == 1 })
+		w.deliverAll()
+		if forgetful && v.msg == "" {
+			t.Fatal("the model did not catch a stale replica elected with a forgetful voter's promise")
+		}
+		if !forgetful && v.msg != "" {
+			t.Fatalf("blank rule: %s", v.msg)
+		}
+		if !forgetful {
+			c := w.nodes[3].candidate
+			if _, err := Decide(3, w.voters, c.epoch, c.promises); err == nil {
+				t.Fatal("stale replica 3 passed Decide with a blank replica's promise")
+			}
+		}
+	}
+}
 
 // deliverAll delivers every message in order.
 func (w *world) deliverAll() {

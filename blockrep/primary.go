@@ -264,7 +264,7 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		for _, a := range p.broadcast(&Message{Type: MsgPrepare, Epoch: e}) {
 			switch a.Type {
 			case MsgPromise:
-				promises = append(promises, Promise{From: a.From, Epoch: e, Gen: a.Gen, Members: a.Members})
+				promises = append(promises, Promise{From: a.From, Epoch: e, Gen: a.Gen, Members: a.Members, Blank: a.Flags&FlagBlank != 0})
 				hot[a.From] = decodeExtents(a.Payload)
 			case MsgRefuse:
 				highest = max(highest, a.Epoch)
@@ -281,9 +281,10 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
 	}
 	p.epoch = e
-	promised := map[NodeID]bool{}
+	promised, blank := map[NodeID]bool{}, map[NodeID]bool{}
 	for _, pr := range promises {
 		promised[pr.From] = true
+		blank[pr.From] = pr.Blank
 	}
 	// Writes in flight when the old primary stopped may have reached
 	// some replicas and not others; they live in the hot extents of the
@@ -306,7 +307,12 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		case slices.Contains(d.Members, id):
 			pe.state, pe.digest = PeerMember, false
 		default:
-			pe.state = PeerSyncing
+			pe.state, pe.syncStarted = PeerSyncing, time.Now()
+			if blank[id] {
+				// It lost its data: a saved bitmap says nothing
+				// about it (epoch.go, rule 4).
+				pe.digest = true
+			}
 		}
 		// A peer whose digests will be compared needs no marks: the
 		// comparison finds every difference.
@@ -342,10 +348,10 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 // and that this node is a member of the newest generation they report.
 func (p *Primary) preVote() error {
 	local := p.cfg.Local.Voter()
-	answers := []Promise{{From: p.cfg.Self, Epoch: 1, Gen: local.Gen, Members: local.Members}}
+	answers := []Promise{{From: p.cfg.Self, Epoch: 1, Gen: local.Gen, Members: local.Members, Blank: local.Blank}}
 	for _, a := range p.broadcast(&Message{Type: MsgPrepare, Flags: FlagQuery, Epoch: 1}) {
 		if a.Type == MsgPromise {
-			answers = append(answers, Promise{From: a.From, Epoch: 1, Gen: a.Gen, Members: a.Members})
+			answers = append(answers, Promise{From: a.From, Epoch: 1, Gen: a.Gen, Members: a.Members, Blank: a.Flags&FlagBlank != 0})
 		}
 	}
 	_, err := Decide(p.cfg.Self, p.voters, 1, answers)

@@ -37,6 +37,10 @@ type ReplicaOptions struct {
 	// added to an existing volume starts outside every set.
 	Members   []NodeID
 	ALExtents int
+	// Blank: this node held a replica of the volume before and lost it
+	// (its directory is gone); the new one knows no generation and holds
+	// no data until a full resync (epoch.go, rule 4).
+	Blank bool
 }
 
 // Replica is one node's copy of a volume plus its voter state. It answers
@@ -76,6 +80,9 @@ func OpenReplica(dir string, o ReplicaOptions) (*Replica, error) {
 		}
 		r.meta = ReplicaMeta{VolumeID: o.VolumeID, SizeBytes: o.SizeBytes,
 			Voter: VoterState{ID: o.Self, HasData: true, Members: slices.Clone(o.Members)}}
+		if o.Blank {
+			r.meta.Voter.Members, r.meta.Voter.Blank = nil, true
+		}
 		if err := r.saveMeta(); err != nil {
 			r.store.Close()
 			return nil, err
@@ -241,6 +248,9 @@ func (r *Replica) Handle(m *Message) *Message {
 		if m.Flags&FlagQuery != 0 {
 			v := r.Voter()
 			reply.Type, reply.Epoch, reply.Gen, reply.Members = MsgPromise, max(v.Promised, 1), v.Gen, v.Members
+			if v.Blank {
+				reply.Flags |= FlagBlank
+			}
 			return reply
 		}
 		p, ref, err := r.Prepare(m.Epoch, m.From)
@@ -251,6 +261,9 @@ func (r *Replica) Handle(m *Message) *Message {
 			return refuse(ref)
 		}
 		reply.Type, reply.Gen, reply.Members = MsgPromise, p.Gen, p.Members
+		if p.Blank {
+			reply.Flags |= FlagBlank
+		}
 		for _, e := range r.store.HotExtents() {
 			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, uint64(e))
 		}

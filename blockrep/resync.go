@@ -84,10 +84,38 @@ func (p *Primary) rejoin(pe *peer) {
 		l.close()
 		return
 	}
+	blank := a.Flags&FlagBlank != 0
+	if blank {
+		// It lost its data and was created again (epoch.go, rule 4):
+		// whatever the generation says, it holds nothing; out of the
+		// set, then a full comparison (regions that are zero on both
+		// sides cost only their digests).
+		p.log.Warn("replica lost its data and was created again; it leaves the generation and gets a full resync", "replica", pe.id)
+		if err := p.dropMembers([]NodeID{pe.id}); err != nil {
+			return
+		}
+		// Then it stores the current generation (without itself), so it
+		// knows the newest one again and may be named a member after the
+		// resync; until then it refuses to be one.
+		p.genMu.Lock()
+		p.mu.Lock()
+		g, members := p.gen, slices.Clone(p.members)
+		p.mu.Unlock()
+		ok, err := l.call(&Message{Type: MsgStoreGen, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch, Gen: g, Members: members}, p.cfg.PeerTimeout)
+		p.genMu.Unlock()
+		if err != nil || ok.Type != MsgStoreGenOK {
+			p.log.Warn("blank replica did not store the generation", "replica", pe.id, "err", err)
+			l.close()
+			return
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if pe.link != l {
 		return
+	}
+	if blank {
+		pe.digest = true
 	}
 	// Its own activity log names what a crash of it may have lost.
 	for _, x := range decodeExtents(a.Payload) {

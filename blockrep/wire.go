@@ -59,6 +59,9 @@ const (
 	// for a promise (a pre-vote): a candidate that could not win does
 	// not disturb the serving primary by raising the epoch.
 	FlagQuery uint8 = 1 << 2
+	// FlagBlank on a Promise: the replica lost its state and was created
+	// again; its promise fences but carries no knowledge (epoch.go, rule 4).
+	FlagBlank uint8 = 1 << 3
 )
 
 const (
@@ -172,7 +175,7 @@ func (m *Message) check() error {
 	if len(m.Members) > maxMembers {
 		return badf("%d members, at most %d", len(m.Members), maxMembers)
 	}
-	if m.Flags&^(FlagFUA|FlagSync|FlagQuery) != 0 {
+	if m.Flags&^(FlagFUA|FlagSync|FlagQuery|FlagBlank) != 0 {
 		return badf("unknown flags %#x", m.Flags)
 	}
 	if lim := payloadLimit(m.Type); len(m.Payload) > lim {
