@@ -124,6 +124,19 @@ func (a *haAgent) tick(ctx context.Context) {
 			a.lostAt[n.ID] = now
 		}
 	}
+	// A takeover (made when no configuration change could commit) is
+	// made final by the node that took over, once the node it was taken
+	// from is a member again: now the change can commit, and until it
+	// does the returning node's configuration still names it primary, so
+	// it would promote itself and the two would depose each other in
+	// turn (the fence race survivor of a two_node cluster, when the
+	// fenced node is powered on again).
+	for _, v := range cfg.Volumes {
+		if !a.proposing[v.Name] && a.m.tookOver(v.Name) && slices.Contains(members, v.Primary) {
+			a.proposing[v.Name] = true
+			go a.confirmTakeover(ctx, v.Name, v.Primary)
+		}
+	}
 	if len(members) == 0 || slices.Min(members) != self {
 		return
 	}
@@ -231,6 +244,39 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 		return
 	}
 	a.log.Warn("failover: primary role moved", "volume", v.Name, "from", v.Primary, "to", n.Name, "generation", bestGen)
+}
+
+// confirmTakeover names this node the volume's primary in the
+// configuration, in place of the node it took the role over from.
+func (a *haAgent) confirmTakeover(ctx context.Context, name string, from uint32) {
+	defer func() {
+		a.mu.Lock()
+		delete(a.proposing, name)
+		a.mu.Unlock()
+	}()
+	d := a.m.d
+	self := d.loaded.Identity.ID
+	pctx, cancel := context.WithTimeout(ctx, failoverProposeMs*time.Millisecond)
+	defer cancel()
+	_, err := d.conf.Propose(pctx, func(cur *ClusterConfig) (*ClusterConfig, error) {
+		cv, ok := cur.Volume(name)
+		if !ok || cv.Primary != from {
+			return nil, fmt.Errorf("volume %s changed meanwhile", name)
+		}
+		next := cloneConfig(cur)
+		for i := range next.Volumes {
+			if next.Volumes[i].Name == name {
+				next.Volumes[i].Primary = self
+			}
+		}
+		return next, nil
+	})
+	if err != nil {
+		a.log.Warn("cannot yet record the takeover in the configuration; retrying", "volume", name, "from", from, "err", err)
+		time.Sleep(time.Second) // the next tick retries; not 10 times a second
+		return
+	}
+	a.log.Warn("takeover recorded: this node is the volume's primary in the configuration", "volume", name, "from", from)
 }
 
 // HAStatus is what "paddock fence history" and status show.
