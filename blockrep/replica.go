@@ -58,6 +58,14 @@ type Replica struct {
 	store *Store
 }
 
+// ReplicaExists says whether dir holds a replica's metadata (a crash
+// before it was first written leaves a replica that never answered
+// anyone, so a missing file means: none, or lost).
+func ReplicaExists(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, metaFileName))
+	return err == nil
+}
+
 // OpenReplica opens the replica in dir, creating it when dir holds none.
 func OpenReplica(dir string, o ReplicaOptions) (*Replica, error) {
 	r := &Replica{dir: dir}

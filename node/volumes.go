@@ -52,6 +52,8 @@ type volumeManager struct {
 	nbd *nbd.Server
 	rep *blockrep.Server
 	ha  *haAgent
+	// created remembers the replicas this node made (replica_record.go).
+	created *replicaRecord
 }
 
 type localVolume struct {
@@ -97,6 +99,9 @@ func (m *volumeManager) run(ctx context.Context) error {
 		return nil
 	}
 	var err error
+	if m.created, err = loadReplicaRecord(filepath.Join(m.d.dir.Path, "replicas-created.json")); err != nil {
+		return fmt.Errorf("the record of this node's replicas: %w", err)
+	}
 	m.nbd, err = nbd.NewServer(nbd.Config{Exports: m, Logger: m.log})
 	if err != nil {
 		return err
@@ -171,7 +176,11 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 			m.log.Info("volume removed from the configuration; deleting this node's replica", "volume", name)
 			m.closeVolume(lv)
 			if lv.replica != nil {
-				os.RemoveAll(m.replicaDir(lv.cfg))
+				if err := os.RemoveAll(m.replicaDir(lv.cfg)); err == nil {
+					if err := m.created.remove(lv.cfg.ID); err != nil {
+						m.log.Warn("cannot update the record of this node's replicas", "err", err)
+					}
+				}
 			}
 			delete(m.vols, name)
 		}
@@ -191,8 +200,17 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 		}
 		holds := slices.Contains(v.Replicas, self)
 		if holds && lv.replica == nil {
-			r, err := blockrep.OpenReplica(m.replicaDir(v), blockrep.ReplicaOptions{
-				Self: blockrep.NodeID(self), VolumeID: v.ID, SizeBytes: v.SizeBytes, Members: replicaIDs(v)})
+			dir := m.replicaDir(v)
+			blank := !blockrep.ReplicaExists(dir) && m.created.created(v.ID)
+			if blank {
+				m.log.Warn("this node held a replica of the volume and its directory is gone: it is created again blank and rebuilt in full from the primary", "volume", v.Name, "dir", dir)
+			}
+			if err := m.created.add(v.ID); err != nil {
+				m.log.Error("cannot record this node's replica; not creating it", "volume", v.Name, "err", err)
+				continue
+			}
+			r, err := blockrep.OpenReplica(dir, blockrep.ReplicaOptions{
+				Self: blockrep.NodeID(self), VolumeID: v.ID, SizeBytes: v.SizeBytes, Members: replicaIDs(v), Blank: blank})
 			if err != nil {
 				m.log.Error("cannot open this node's replica", "volume", v.Name, "err", err)
 				continue
