@@ -58,7 +58,14 @@ func (w *WitnessVoters) voter(vol uint64) (*VoterState, error) {
 		if err := json.Unmarshal(b, v); err != nil || v.ID != WitnessID || v.HasData {
 			return nil, fmt.Errorf("%s is corrupt", w.path(vol))
 		}
-	case !errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, os.ErrNotExist):
+		// The witness cannot tell a volume it never heard of from one
+		// whose state it lost (a reinstalled witness): either way it
+		// knows no generation, so it starts Blank (epoch.go, rule 4) and
+		// counts for knowledge only once it stored one. A new 2-replica
+		// volume so needs both replicas for its first promotion.
+		v.Blank = true
+	default:
 		return nil, err
 	}
 	w.voters[vol] = v
@@ -106,6 +113,9 @@ func (w *WitnessVoters) Handle(m *Message) *Message {
 	case MsgPrepare:
 		if m.Flags&FlagQuery != 0 {
 			reply.Type, reply.Epoch, reply.Gen, reply.Members = MsgPromise, max(v.Promised, 1), v.Gen, slices.Clone(v.Members)
+			if v.Blank {
+				reply.Flags |= FlagBlank
+			}
 			return reply
 		}
 		p, ref := v.PrepareFrom(m.Epoch, m.From)
@@ -117,6 +127,9 @@ func (w *WitnessVoters) Handle(m *Message) *Message {
 			return fail(err)
 		}
 		reply.Type, reply.Gen, reply.Members = MsgPromise, p.Gen, p.Members
+		if p.Blank {
+			reply.Flags |= FlagBlank
+		}
 		return reply
 	case MsgStoreGen:
 		if ref := v.StoreGen(m.Epoch, m.Gen, m.Members); ref != nil {
