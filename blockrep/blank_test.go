@@ -3,8 +3,8 @@ package blockrep
 import (
 	"bytes"
 	"context"
-	"net"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
