@@ -170,24 +170,7 @@ func TestFioVerify(t *testing.T) {
 	out := testbin.Run(t, 5*time.Minute, "fio", "--name=verify", "--ioengine=nbd", "--uri="+uri,
 		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=32M", "--verify=crc32c",
 		"--do_verify=1", "--fsync=16", "--verify_state_save=0", "--output-format=json")
-	var res struct {
-		Jobs []struct {
-			Error int `json:"error"`
-			Write struct {
-				IOBytes int64 `json:"io_bytes"`
-			} `json:"write"`
-			Read struct {
-				IOBytes int64 `json:"io_bytes"`
-			} `json:"read"`
-		} `json:"jobs"`
-	}
-	if i := strings.Index(out, "{"); i >= 0 {
-		out = out[i:]
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Jobs) != 1 {
-		t.Fatalf("fio output: %v\n%s", err, out)
-	}
-	j := res.Jobs[0]
+	j := parseFio(t, out).Jobs[0]
 	if j.Error != 0 || j.Write.IOBytes != 32<<20 || j.Read.IOBytes != 32<<20 {
 		t.Fatalf("fio: error %d, wrote %d, verified %d", j.Error, j.Write.IOBytes, j.Read.IOBytes)
 	}
