@@ -27,6 +27,10 @@ import (
 	"github.com/paddock-io/paddock/nbd"
 )
 
+// haLineRE picks the log lines that tell a failover's story (go test -v
+// prints them).
+var haLineRE = regexp.MustCompile(`(?m)^.*(promoted|promotion failed|failover|self-fence|deposed|taking the primary|takeover|stepping down|inquorate).*$`)
+
 const (
 	flapTokenMs      = 400
 	flapBlockBytes   = 4096
@@ -267,6 +271,11 @@ func TestFlappingPrimaryLink(t *testing.T) {
 		selfFences := regexp.MustCompile(`self-fence: closing the primary`).FindAllStringIndex(out, -1)
 		stepDowns := regexp.MustCompile(`primary role moved to another node; stepping down`).FindAllStringIndex(out, -1)
 		t.Logf("%s: promoted in epochs %v, self-fenced %d times, stepped down %d times, cut: %v", n.name, epochs, len(selfFences), len(stepDowns), cut[n.name])
+		if testing.Verbose() {
+			for _, l := range haLineRE.FindAllString(out, -1) {
+				t.Log(l)
+			}
+		}
 		if len(selfFences) > 0 && !cut[n.name] {
 			t.Errorf("%s self-fenced but its link never went down", n.name)
 		}
