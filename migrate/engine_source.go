@@ -28,9 +28,22 @@ type SourceOptions struct {
 	// one goroutine at a time.
 	Progress         func(Progress)
 	ProgressInterval time.Duration // 0 = 250 ms
+	// Handoff, when set, runs inside the pause after the destination
+	// said it is ready and before the commit: it moves what the guest
+	// uses outside its RAM (the primary role of its volumes) to the
+	// destination. It must either complete or leave everything as it
+	// found it (undo a partial move itself) and return an error; an
+	// error cancels the migration and the guest resumes here. Once it
+	// returned nil the source commits whatever happens next (a cancel
+	// included): the guest's disks are already on the destination's
+	// side, so resuming here would leave the guest and its disks on
+	// different nodes. Its time counts in the downtime and is reported
+	// as Stats.HandoffMs. ctx ends with the migration (cancel, timeout).
+	Handoff func(ctx context.Context) error
 	// FaultHook, for tests, is called at named points: "hello", "round"
 	// (after each acknowledged pre-copy round), "paused", "ready",
-	// "committed". A test cuts the connection there.
+	// "handoff" (after a hand-off that succeeded), "committed". A test
+	// cuts the connection there.
 	FaultHook func(point string, round int)
 }
 
@@ -295,6 +308,23 @@ func (s *source) run(ctx context.Context) (err error) {
 	s.hook("ready", round)
 	if err := ctx.Err(); err != nil {
 		return s.wrap(ctx, "switchover", err)
+	}
+	if s.opts.Handoff != nil {
+		// Before the commit, so that a failed hand-off can still
+		// resume the guest here (with its volumes, which the hand-off
+		// left or put back here). Not after: a committed guest whose
+		// volumes cannot follow would run on the destination with
+		// its disks served by the old primary's epoch, which the
+		// destination cannot undo. The destination, ready, simply
+		// waits for the commit meanwhile.
+		s.setStatus(StatusHandoff)
+		handoffAt := time.Now()
+		herr := s.opts.Handoff(ctx)
+		s.st.HandoffMs = ms(time.Since(handoffAt))
+		if herr != nil {
+			return fmt.Errorf("migrate: volume hand-off: %w", herr)
+		}
+		s.hook("handoff", round)
 	}
 
 	// The commit point. From here the guest never resumes on the source.

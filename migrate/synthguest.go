@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,11 +40,20 @@ type SynthGuest struct {
 // SynthConfig describes a synthetic guest's workload.
 type SynthConfig struct {
 	RAMBytes            int64
-	DirtyBytesPerSecond int64  // page writes x PageBytes per second; 0 = idle
-	Pattern             string // "uniform" or "hotset" (90 % of writes in 10 % of pages)
-	Content             string // "random" or "halfzero" (even pages stay zero)
-	Seed                uint64
+	DirtyBytesPerSecond int64 // page writes x PageBytes per second; 0 = idle
+	// Pattern: "uniform" (any live page alike), "hotset" (90 % of
+	// writes in 10 % of the pages) or "sequential" (the live pages in
+	// order, wrapping around: a guest zeroing or copying a large buffer).
+	Pattern string
+	Content string // "random" or "halfzero" (even pages stay zero)
+	Seed    uint64
 }
+
+// SynthPatterns are the writer's patterns; the index is the pattern's code
+// in the device state.
+var SynthPatterns = []string{"uniform", "hotset", "sequential"}
+
+func patternCode(p string) int { return slices.Index(SynthPatterns, p) }
 
 // Limits of the synthetic workload.
 const (
@@ -63,8 +74,8 @@ func (c SynthConfig) check() error {
 	if c.DirtyBytesPerSecond < 0 || c.DirtyBytesPerSecond > maxSynthDirtyBytesPerSecond {
 		return fmt.Errorf("migrate: dirty rate %d bytes/s, want 0..%d", c.DirtyBytesPerSecond, int64(maxSynthDirtyBytesPerSecond))
 	}
-	if c.Pattern != "uniform" && c.Pattern != "hotset" {
-		return fmt.Errorf("migrate: pattern %q, want uniform or hotset", c.Pattern)
+	if patternCode(c.Pattern) < 0 {
+		return fmt.Errorf("migrate: pattern %q, want %s", c.Pattern, strings.Join(SynthPatterns, ", "))
 	}
 	if c.Content != "random" && c.Content != "halfzero" {
 		return fmt.Errorf("migrate: content %q, want random or halfzero", c.Content)
@@ -111,10 +122,13 @@ func RestoreSynthGuest(mem *Memory, state []byte) (*SynthGuest, error) {
 		return nil, fmt.Errorf("migrate: synthetic guest state of %d bytes is not one", len(state))
 	}
 	u := func(i int) uint64 { return binary.LittleEndian.Uint64(state[8*i:]) }
+	if u(3) >= uint64(len(SynthPatterns)) {
+		return nil, fmt.Errorf("migrate: synthetic guest state names pattern %d, known 0..%d", u(3), len(SynthPatterns)-1)
+	}
 	cfg := SynthConfig{
 		RAMBytes:            int64(u(1)),
 		DirtyBytesPerSecond: int64(u(2)),
-		Pattern:             [...]string{"uniform", "hotset"}[u(3)&1],
+		Pattern:             SynthPatterns[u(3)],
 		Content:             [...]string{"random", "halfzero"}[u(4)&1],
 		Seed:                u(5),
 	}
@@ -245,8 +259,19 @@ func (g *SynthGuest) writeBatch(n, live, hot int) bool {
 		return false
 	}
 	for range n {
-		r := splitmix(&g.rng)
 		var k int
+		if g.cfg.Pattern == "sequential" {
+			// The picker state is the cursor: it travels in the
+			// device state, so the walk goes on where it stopped.
+			k = int(g.rng % uint64(live))
+			g.rng++
+			p := g.pageOf(k)
+			v := binary.LittleEndian.Uint64(g.ram[p*PageBytes+8:])
+			g.writePage(p, v+1)
+			g.writes++
+			continue
+		}
+		r := splitmix(&g.rng)
 		if g.cfg.Pattern == "hotset" && r%10 != 0 {
 			k = int((r >> 8) % uint64(hot))
 		} else {
@@ -299,10 +324,7 @@ func (g *SynthGuest) State() ([]byte, error) {
 		return nil, errors.New("migrate: device state of a running guest")
 	}
 	b := make([]byte, 0, synthStateBytes)
-	pattern, content := uint64(0), uint64(0)
-	if g.cfg.Pattern == "hotset" {
-		pattern = 1
-	}
+	pattern, content := uint64(patternCode(g.cfg.Pattern)), uint64(0)
 	if g.cfg.Content == "halfzero" {
 		content = 1
 	}
