@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/paddock-io/paddock/fence"
 	"github.com/paddock-io/paddock/quorum/membership"
 )
 
@@ -17,6 +18,11 @@ import (
 type Options struct {
 	MetricsAddr string
 	Logger      *slog.Logger
+	// FenceInterface, when set, is where the network fence's eBPF filter
+	// is attached (node/netfence.go); FenceMode is "xdp" (default) or
+	// "tcx". Without it the node drops no one's packets.
+	FenceInterface string
+	FenceMode      string
 }
 
 // tickMs is how often the daemon re-evaluates quorum even when nothing was
@@ -37,6 +43,8 @@ type Daemon struct {
 	tokens *tokenStore
 	vols   *volumeManager
 	wit    *witnessLink // the witness client, while the configuration has a witness
+	nf     *netFenceState
+	hist   *fence.History // fence history of a node without an HA agent (no storage address)
 }
 
 // Run starts the node of a data directory and runs until ctx ends.
@@ -54,6 +62,12 @@ func Run(ctx context.Context, dir DataDir, opts Options) error {
 	}
 	me, _ := l.Config.Node(l.Identity.ID)
 	d := &Daemon{dir: dir, opts: opts, loaded: l, log: opts.Logger.With("node", me.Name)}
+	// The network fence first: the blocks in force are applied before
+	// this node sends or serves anything.
+	if err := d.attachNetFence(); err != nil {
+		return err
+	}
+	defer d.closeNetFence()
 	if d.q, err = newQuorumEngine(l.Config, l.Identity.ID, 0); err != nil {
 		return fmt.Errorf("%s: %w", dir.file("cluster.json"), err)
 	}
@@ -188,6 +202,9 @@ func (d *Daemon) applyConfig(cfg *ClusterConfig) {
 	d.hb.SetConfigVersion(cfg.Version)
 	d.log.Info("configuration installed", "version", cfg.Version, "previous", old.Version, "nodes", len(cfg.Nodes))
 	d.evaluate()
+	if err := d.applyNetBlocks(); err != nil {
+		d.log.Error("network fence: applying the configuration's blocks", "err", err)
+	}
 	if d.vols != nil {
 		d.vols.changed()
 	}
@@ -202,6 +219,7 @@ func (d *Daemon) servePeers(ctx context.Context, addr string) error {
 	mux.HandleFunc("GET /peer/v1/volumes/{id}", d.peerVolumeHandler)
 	mux.HandleFunc("POST /peer/v1/volumes/{id}/scrub", d.peerScrubHandler())
 	mux.HandleFunc("POST /peer/v1/volumes/{id}/discard", d.peerDiscardHandler())
+	mux.HandleFunc("POST /peer/v1/netfence", d.peerNetFenceHandler)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("peer listener on %s: %w", addr, err)

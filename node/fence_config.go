@@ -23,6 +23,8 @@ type FenceConfig struct {
 	DelayBaseMs    int64 `json:"delay_base_ms,omitempty"`
 	DelayMaxMs     int64 `json:"delay_max_ms,omitempty"`
 	TotalTimeoutMs int64 `json:"total_timeout_ms,omitempty"`
+	// Blocked are the network-fenced nodes (node/netfence_config.go).
+	Blocked []NetBlock `json:"blocked,omitempty"`
 }
 
 // FenceDeviceConfig is one fence device.
@@ -105,7 +107,7 @@ func (c *ClusterConfig) validateFence() error {
 	if _, err := c.fencePlan("", true); err != nil {
 		return err
 	}
-	return nil
+	return c.validateNetBlocks()
 }
 
 // fencePlan is the plan to fence a node (ok false when it has no levels).

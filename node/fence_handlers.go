@@ -151,6 +151,19 @@ func (d *Daemon) fenceHandlers(mux *http.ServeMux) {
 		}
 		writeJSONResponse(w, http.StatusOK, rep)
 	})
+	mux.HandleFunc("POST /v1/fence/unfence", func(w http.ResponseWriter, r *http.Request) {
+		var req UnfenceRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		rep, err := d.unfence(r.Context(), req.Node)
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, rep)
+	})
 	mux.HandleFunc("POST /v1/fence/run", func(w http.ResponseWriter, r *http.Request) {
 		var req FenceRequest
 		if err := decodeBody(r, &req); err != nil {
@@ -217,5 +230,16 @@ func (d *Daemon) fenceByHand(ctx context.Context, req FenceRequest) (any, error)
 	if err != nil {
 		return out, err
 	}
+	// A verified power fence by hand is followed by the network fence,
+	// as the HA agent's is.
+	d.mu.Lock()
+	members := slices.Clone(d.status.Quorum.Members)
+	d.mu.Unlock()
+	if _, nerr := d.netFenceNode(ctx, n.Name, members); nerr != nil {
+		a.log.Error("network fence after the fence by hand failed on some members", "target", n.Name, "err", nerr)
+	}
+	a.mu.Lock()
+	a.netDone[n.ID] = true
+	a.mu.Unlock()
 	return out, nil
 }

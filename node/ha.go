@@ -61,6 +61,11 @@ type haAgent struct {
 	lastFence  map[uint32]int64
 	proposing  map[string]bool
 	leaseState fence.LeaseState
+	// netFencing and netDone: the network fence of a lost node runs once
+	// per loss (node/netfence.go); forgotten when it is a member again
+	// or unfenced.
+	netFencing map[uint32]bool
+	netDone    map[uint32]bool
 }
 
 func newHAAgent(m *volumeManager) (*haAgent, error) {
@@ -71,7 +76,8 @@ func newHAAgent(m *volumeManager) (*haAgent, error) {
 	h := fence.NewHistory(0)
 	a := &haAgent{m: m, log: m.log.With("part", "ha"), lease: lease, history: h,
 		lostAt: map[uint32]int64{}, fenced: map[uint32]bool{}, fencing: map[uint32]bool{},
-		lastFence: map[uint32]int64{}, proposing: map[string]bool{}}
+		lastFence: map[uint32]int64{}, proposing: map[string]bool{},
+		netFencing: map[uint32]bool{}, netDone: map[uint32]bool{}}
 	a.fencer = fence.NewFencer(&fence.AgentRunner{Logger: a.log}, h, a.log)
 	return a, nil
 }
@@ -118,6 +124,7 @@ func (a *haAgent) tick(ctx context.Context) {
 		if slices.Contains(members, n.ID) {
 			delete(a.lostAt, n.ID)
 			delete(a.fenced, n.ID)
+			delete(a.netDone, n.ID)
 			continue
 		}
 		if _, ok := a.lostAt[n.ID]; !ok {
@@ -162,6 +169,15 @@ func (a *haAgent) tick(ctx context.Context) {
 		if !a.fenced[v.Primary] && now < waitCfg.PromoteNotBeforeMs(lost) {
 			continue
 		}
+		// The node is fenced (verified) or its lease has run out: the
+		// survivors' filters drop its packets too. This runs beside
+		// the failover, not before it: the promotion rests on the
+		// power fence or the lease (and the epoch), and the network
+		// fence must not delay it by a slow peer.
+		if !a.netDone[v.Primary] && !a.netFencing[v.Primary] {
+			a.netFencing[v.Primary] = true
+			go a.netFence(ctx, v.Primary, victim.Name, members)
+		}
 		a.proposing[v.Name] = true
 		go a.failover(ctx, v, members)
 	}
@@ -185,6 +201,20 @@ func (a *haAgent) fence(ctx context.Context, node uint32, plan fence.Plan) (fenc
 	return out, err
 }
 
+// netFence runs the network fence of a lost node once.
+func (a *haAgent) netFence(ctx context.Context, node uint32, name string, members []uint32) {
+	e, err := a.m.d.netFenceNode(ctx, name, members)
+	a.mu.Lock()
+	a.netFencing[node] = false
+	a.netDone[node] = true
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Error("network fence failed on some members", "target", name, "err", err)
+	} else if e.Result == fence.ResultOK {
+		a.log.Warn("network-fenced", "target", name, "by", e.Device, "duration_ms", e.DurationMs)
+	}
+}
+
 // failover moves a volume's primary role to the member replica with the
 // newest generation.
 func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32) {
@@ -198,8 +228,8 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 	var best uint32
 	var bestGen blockrep.Gen
 	for _, id := range v.Replicas {
-		if id == v.Primary || !slices.Contains(members, id) {
-			continue
+		if id == v.Primary || !slices.Contains(members, id) || cfg.netBlockedID(id) {
+			continue // a network-fenced node is given no primary role until unfenced
 		}
 		rep := d.fetchReport(ctx, cfg, id, v.ID)
 		if rep.Voter == nil || !slices.Contains(rep.Voter.Members, blockrep.NodeID(id)) {
@@ -327,7 +357,14 @@ func (m *volumeManager) selfFence(why string) {
 
 // mayPromote says whether this node's own lease allows it to hold a
 // primary role now.
+// A node that the configuration says is network-fenced does not promote
+// either, until "paddock unfence" (it may learn of its own block when a
+// filter-less path still carries the configuration to it).
 func (a *haAgent) mayPromote() bool {
+	d := a.m.d
+	if d.config().netBlockedID(d.loaded.Identity.ID) {
+		return false
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.leaseState.MayAck

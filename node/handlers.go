@@ -28,6 +28,7 @@ func (d *Daemon) controlHandler() http.Handler {
 		d.mu.Lock()
 		s := d.status
 		d.mu.Unlock()
+		s.Fencing = d.fencingStatus()
 		writeJSONResponse(w, http.StatusOK, s)
 	})
 	mux.HandleFunc("POST /v1/expected", func(w http.ResponseWriter, r *http.Request) {
@@ -158,5 +159,45 @@ func (d *Daemon) metricsHandler() http.Handler {
 		f := c.f
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help}, func() float64 { return float64(f()) }))
 	}
+	reg.MustRegister(&fenceCollector{d: d})
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+// fenceCollector exports the fence history's counters, the number of
+// fenced nodes and the network filter's drops, read at scrape time.
+type fenceCollector struct{ d *Daemon }
+
+var (
+	fenceTotalDesc = prometheus.NewDesc("paddock_fence_total",
+		"Fence attempts made or recorded by this node, by method (agent, storage, network, lease) and result (ok, failed, timeout, skipped).",
+		[]string{"method", "result"}, nil)
+	fencedNodesDesc = prometheus.NewDesc("paddock_fenced_nodes",
+		"Nodes fenced now: network-fenced in the configuration, or power-fenced by this node and not back.", nil, nil)
+	netfenceDroppedDesc = prometheus.NewDesc("paddock_netfence_dropped_packets_total",
+		"Packets dropped by this node's network fence filter since it was attached (0 without --fence-interface).", nil, nil)
+)
+
+func (c *fenceCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- fenceTotalDesc
+	ch <- fencedNodesDesc
+	ch <- netfenceDroppedDesc
+}
+
+func (c *fenceCollector) Collect(ch chan<- prometheus.Metric) {
+	fs := c.d.fencingStatus()
+	for _, k := range fs.Counts {
+		ch <- prometheus.MustNewConstMetric(fenceTotalDesc, prometheus.CounterValue, float64(k.Count), string(k.Method), string(k.Result))
+	}
+	var fenced int
+	for _, n := range fs.Nodes {
+		if n.Fenced {
+			fenced++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(fencedNodesDesc, prometheus.GaugeValue, float64(fenced))
+	var dropped uint64
+	if fs.Filter != nil {
+		dropped = fs.Filter.DroppedPackets
+	}
+	ch <- prometheus.MustNewConstMetric(netfenceDroppedDesc, prometheus.CounterValue, float64(dropped))
 }

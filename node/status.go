@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/paddock-io/paddock/fence"
 	"github.com/paddock-io/paddock/quorum"
 	"github.com/paddock-io/paddock/quorum/witness"
 )
@@ -50,6 +51,58 @@ type Status struct {
 	// Witness is this node's link to the witness; nil without one.
 	Witness *witness.ClientStatus `json:"witness,omitempty"`
 	Time    time.Time             `json:"time"`
+	// Fencing is each node's fence state and this node's network filter;
+	// filled in when status is asked for (fencingStatus).
+	Fencing *FencingStatus `json:"fencing,omitempty"`
+}
+
+// FencingStatus is the fence part of status.
+type FencingStatus struct {
+	// Filter is this node's network fence; nil without --fence-interface.
+	Filter *NetFilterStatus     `json:"filter,omitempty"`
+	Nodes  []NodeFenceStatus    `json:"nodes"`
+	Counts []fence.HistoryCount `json:"counts"`
+}
+
+// NodeFenceStatus is one node's fence state as this node knows it.
+type NodeFenceStatus struct {
+	ID   uint32 `json:"id"`
+	Name string `json:"name"`
+	// Fenced: network-fenced (the configuration's blocked set), or
+	// power-fenced by this node and not back yet.
+	Fenced      bool      `json:"fenced"`
+	NetBlocked  bool      `json:"net_blocked"`
+	PowerFenced bool      `json:"power_fenced"`
+	Block       *NetBlock `json:"block,omitempty"`
+	// Last is this node's newest fence history entry for the node.
+	Last *fence.HistoryEntry `json:"last,omitempty"`
+}
+
+// fencingStatus gathers the fence state: blocks from the configuration,
+// power fences and history from this node's HA agent.
+func (d *Daemon) fencingStatus() *FencingStatus {
+	cfg := d.config()
+	hist := d.history()
+	var power map[uint32]bool
+	if d.vols != nil && d.vols.ha != nil {
+		power = map[uint32]bool{}
+		for _, id := range d.vols.ha.status().Fenced {
+			power[id] = true
+		}
+	}
+	fs := &FencingStatus{Filter: d.netFilterStatus(), Nodes: []NodeFenceStatus{}, Counts: hist.Counts()}
+	for _, n := range cfg.sortedNodes() {
+		ns := NodeFenceStatus{ID: n.ID, Name: n.Name, PowerFenced: power[n.ID]}
+		if b, ok := cfg.netBlock(n.Name); ok {
+			ns.NetBlocked, ns.Block = true, &b
+		}
+		ns.Fenced = ns.NetBlocked || ns.PowerFenced
+		if e, ok := hist.Last(n.Name); ok {
+			ns.Last = &e
+		}
+		fs.Nodes = append(fs.Nodes, ns)
+	}
+	return fs
 }
 
 // HBStats are heartbeat counters.
@@ -151,7 +204,55 @@ func (s *Status) WriteText(w io.Writer) {
 	if len(away) > 0 {
 		fmt.Fprintf(w, "\nNot reachable:    %s\n", strings.Join(away, ", "))
 	}
+	if fs := s.Fencing; fs != nil {
+		writeFencingText(w, fs)
+	}
 	if hb := s.Heartbeats; hb.Forged+hb.Replayed+hb.Foreign > 0 {
 		fmt.Fprintf(w, "\nDropped heartbeats: %d forged, %d replayed, %d foreign\n", hb.Forged, hb.Replayed, hb.Foreign)
+	}
+}
+
+// writeFencingText prints the fence part of status: one line per node,
+// then the filter.
+func writeFencingText(w io.Writer, fs *FencingStatus) {
+	fmt.Fprintf(w, "\nFencing information\n-------------------\n")
+	fmt.Fprintf(w, "    Nodeid Name             Fenced   Last fence\n")
+	for _, n := range fs.Nodes {
+		state := "no"
+		switch {
+		case n.NetBlocked && n.PowerFenced:
+			state = "power+net"
+		case n.NetBlocked:
+			state = "network"
+		case n.PowerFenced:
+			state = "power"
+		}
+		last := "-"
+		if e := n.Last; e != nil {
+			last = fmt.Sprintf("%s %s", time.UnixMilli(e.TimeMs).UTC().Format("2006-01-02 15:04:05"), e.Method)
+			if e.Action != "" {
+				last += " " + string(e.Action)
+			}
+			if e.Device != "" {
+				last += " (" + e.Device + ")"
+			}
+			last += fmt.Sprintf(" %s in %d ms", e.Result, e.DurationMs)
+		}
+		fmt.Fprintf(w, "0x%08x %-16s %-8s %s\n", n.ID, n.Name, state, last)
+	}
+	if f := fs.Filter; f != nil {
+		var addrs []string
+		for _, b := range f.Blocked {
+			addrs = append(addrs, fmt.Sprintf("%s (%d dropped)", b.Addr, b.Dropped))
+		}
+		if len(addrs) == 0 {
+			addrs = []string{"none"}
+		}
+		fmt.Fprintf(w, "Network filter:   %s (%s), %d packets dropped; blocking %s\n", f.Interface, f.Mode, f.DroppedPackets, strings.Join(addrs, ", "))
+		if f.Error != "" {
+			fmt.Fprintf(w, "Network filter error: %s\n", f.Error)
+		}
+	} else {
+		fmt.Fprintf(w, "Network filter:   none on this node (paddock node --fence-interface)\n")
 	}
 }

@@ -212,23 +212,34 @@ quorum-options without --witness (or with --witness "").`,
 	clusterCmd.AddCommand(qo)
 	rootCmd.AddCommand(clusterCmd)
 
-	var nodeDir, metricsAddr, logLevel string
+	var nodeDir, metricsAddr, logLevel, fenceIface, fenceMode string
 	nodeCmd := &cobra.Command{
 		Use:   "node --data-dir DIR",
 		Short: "Run the paddock daemon of this host",
 		Long: `node runs the daemon: heartbeats on the cluster address, the votequorum
 state machine, the control socket (DIR/paddock.sock) for the CLI, and
-Prometheus metrics on --metrics-addr.`,
+Prometheus metrics on --metrics-addr.
+
+--fence-interface IFACE turns the network fence on: an eBPF program (XDP, or
+tcx with --fence-mode tcx) on IFACE, normally the storage interface, drops
+every packet from the addresses of a node the cluster fenced, until
+"paddock unfence NODE". The blocked set is kept in the cluster configuration
+and re-applied when the node starts. Needs root (CAP_BPF, CAP_NET_ADMIN); a
+filter that cannot be attached stops the node from starting. Without the
+flag the node drops nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return node.Run(ctx, node.DataDir{Path: nodeDir}, node.Options{MetricsAddr: metricsAddr, Logger: newLogger(logLevel)})
+			return node.Run(ctx, node.DataDir{Path: nodeDir}, node.Options{MetricsAddr: metricsAddr, Logger: newLogger(logLevel),
+				FenceInterface: fenceIface, FenceMode: fenceMode})
 		},
 	}
 	nodeCmd.Flags().StringVar(&nodeDir, "data-dir", "", "the node's data directory")
 	nodeCmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9810)")
 	nodeCmd.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	nodeCmd.Flags().StringVar(&fenceIface, "fence-interface", "", "attach the network fence (eBPF) to this interface, e.g. the storage NIC; off when not given")
+	nodeCmd.Flags().StringVar(&fenceMode, "fence-mode", "xdp", "where the network fence attaches: xdp or tcx (tc ingress)")
 	nodeCmd.MarkFlagRequired("data-dir")
 	rootCmd.AddCommand(nodeCmd)
 
