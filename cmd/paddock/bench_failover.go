@@ -222,9 +222,11 @@ func runFailoverMode(ctx context.Context, cfg failoverConfig, mode string) (fail
 	// watch: after a kill, the first acknowledged write and its node.
 	var watch struct {
 		sync.Mutex
-		armed bool
-		at    time.Time
-		node  string
+		armed  bool
+		victim string    // acks through it do not count
+		killed time.Time // nor acks before the kill
+		at     time.Time
+		node   string
 	}
 	var clients []*histClient
 	stop := make(chan struct{})
@@ -235,7 +237,7 @@ func runFailoverMode(ctx context.Context, cfg failoverConfig, mode string) (fail
 		c.onAck = func(node string) {
 			now := time.Now()
 			watch.Lock()
-			if watch.armed && watch.at.IsZero() {
+			if watch.armed && watch.at.IsZero() && node != watch.victim && now.After(watch.killed) {
 				watch.at, watch.node = now, node
 			}
 			watch.Unlock()
@@ -272,10 +274,13 @@ func runFailoverMode(ctx context.Context, cfg failoverConfig, mode string) (fail
 		if err := waitClientsOn(ctx, rec, clients, victim.Name); err != nil {
 			return res, fmt.Errorf("trial %d: %w", trial, err)
 		}
-		watch.Lock()
-		watch.armed, watch.at, watch.node = true, time.Time{}, ""
-		watch.Unlock()
+		// The kill's time is taken first: an ack that lands between it
+		// and the process's death came through the victim and does not
+		// count.
 		killed := time.Now()
+		watch.Lock()
+		watch.armed, watch.victim, watch.killed, watch.at, watch.node = true, victim.Name, killed, time.Time{}, ""
+		watch.Unlock()
 		victim.Kill()
 		var tr failoverTrial
 		tr.Victim = victim.Name
