@@ -71,6 +71,13 @@ type localVolume struct {
 	// configuration still names that node; the next committed change
 	// replaces it.
 	takeoverFrom uint32
+	// takeoverPromoted is set once this node promoted itself under the
+	// takeover. A takeover that never promoted (a 2-replica volume
+	// without a witness needs both replicas for a new epoch) is dropped
+	// when the node it was taken from is a member again: nothing was
+	// written under it, and keeping it made the two race for the same
+	// epoch, each deposing the other in turn.
+	takeoverPromoted bool
 	// lastScrub is when the background scrub last started here.
 	lastScrub       time.Time
 	scrubbing       bool
@@ -157,6 +164,13 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 	cfg := m.d.config()
 	self := m.d.loaded.Identity.ID
 	quorate := m.d.quorate()
+	m.d.mu.Lock()
+	members := slices.Clone(m.d.status.Quorum.Members)
+	m.d.mu.Unlock()
+	// Asked before m.mu is taken: the HA agent holds its own lock while
+	// it calls into the volume manager (tookOver), so asking it under
+	// m.mu would be a lock-order inversion (it deadlocked a node).
+	mayPromote := m.ha.mayPromote()
 	want := map[string]VolumeConfig{}
 	for _, v := range cfg.Volumes {
 		want[v.Name] = v
@@ -192,8 +206,9 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 			m.vols[v.Name] = lv
 		}
 		if lv.takeoverFrom != 0 && v.Primary != lv.takeoverFrom {
-			lv.takeoverFrom = 0
+			lv.takeoverFrom, lv.takeoverPromoted = 0, false
 		}
+		m.dropUnpromotedTakeover(lv, members)
 		lv.cfg = v
 		if lv.takeoverFrom != 0 {
 			v.Primary = self // the effective primary, here
@@ -247,7 +262,7 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 				lv.promoteErr = "this node's partition is not quorate: it does not promote"
 				continue
 			}
-			if !m.ha.mayPromote() {
+			if !mayPromote {
 				lv.promoteErr = "this node's lease is not held yet (it was inquorate or paused): it does not promote"
 				continue
 			}
@@ -287,6 +302,9 @@ func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
 		return
 	}
 	lv.primary, lv.promoteErr = p, ""
+	if lv.takeoverFrom != 0 {
+		lv.takeoverPromoted = true
+	}
 }
 
 func (m *volumeManager) closeVolume(lv *localVolume) {
@@ -617,17 +635,37 @@ func (lv *localVolume) effectivePrimary() uint32 {
 func (m *volumeManager) takeOver(name string, from uint32) {
 	m.mu.Lock()
 	if lv := m.vols[name]; lv != nil && lv.cfg.Primary == from {
-		lv.takeoverFrom = from
+		lv.takeoverFrom, lv.takeoverPromoted = from, false
 		m.log.Warn("taking the primary role over without a configuration change (the cluster cannot commit one now)", "volume", name, "from", from)
 	}
 	m.mu.Unlock()
 	m.changed()
 }
 
-// tookOver says whether this node serves the volume by a takeover.
+// tookOver says whether this node serves the volume by a takeover. It
+// drops a takeover that never promoted first (see takeoverPromoted), so
+// the HA agent does not record in the configuration a takeover that
+// wrote nothing while the node it was taken from may already be primary
+// again.
 func (m *volumeManager) tookOver(name string) bool {
+	m.d.mu.Lock()
+	members := slices.Clone(m.d.status.Quorum.Members)
+	m.d.mu.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	lv := m.vols[name]
-	return lv != nil && lv.takeoverFrom != 0
+	if lv == nil {
+		return false
+	}
+	m.dropUnpromotedTakeover(lv, members)
+	return lv.takeoverFrom != 0
+}
+
+// dropUnpromotedTakeover ends a takeover that never promoted once the
+// node it was taken from is a member again. Called with m.mu held.
+func (m *volumeManager) dropUnpromotedTakeover(lv *localVolume, members []uint32) {
+	if lv.takeoverFrom != 0 && !lv.takeoverPromoted && lv.primary == nil && slices.Contains(members, lv.takeoverFrom) {
+		m.log.Warn("the node the primary role was taken from is back before this node could promote; the takeover is dropped", "volume", lv.cfg.Name, "from", lv.takeoverFrom)
+		lv.takeoverFrom = 0
+	}
 }

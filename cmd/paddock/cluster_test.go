@@ -222,7 +222,9 @@ func TestNodeMetrics(t *testing.T) {
 	p := testbin.Start(t, bin, "node", "--data-dir", dir, "--metrics-addr", metrics)
 	p.WaitFor(t, "node started", 10*time.Second)
 	var body string
-	for i := 0; i < 50; i++ {
+	// The first membership is published after the node's first token
+	// round; on a loaded machine (CI) that can take seconds.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
 		resp, err := http.Get("http://" + metrics + "/metrics")
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)

@@ -94,7 +94,10 @@ func (n *volNode) waitUpToDate(t *testing.T, vol string, timeout time.Duration) 
 			return st
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("volume %s not up to date within %v: %+v", vol, timeout, st.Replicas)
+			// The whole status (primary, per-node reports with their
+			// promotion errors) says why, not just the empty rows.
+			b, _ := json.MarshalIndent(st, "", "  ")
+			t.Fatalf("volume %s not up to date within %v:\n%s", vol, timeout, b)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
