@@ -1,0 +1,46 @@
+package main
+
+// The short history campaign of go test: 3 nodes in namespaces (token
+// 400 ms, no fence device: the survivors wait out leases), 3 clients,
+// 4 random faults. PADDOCK_HISTORY_SEED replays a run (the seed is
+// logged); PADDOCK_HISTORY_FAULTS makes it longer.
+
+import (
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/paddock-io/paddock/internal/testbin"
+)
+
+const (
+	historyTokenMs = 400
+	// historyMaxFaults bounds PADDOCK_HISTORY_FAULTS.
+	historyMaxFaults = 100
+)
+
+func TestHistoryCampaign(t *testing.T) {
+	lab := newNetLab(t, 3)
+	bin := testbin.Paddock(t)
+	nodes := makeNetVolumeCluster(t, lab, "--token-ms", strconv.Itoa(historyTokenMs))
+	testbin.Run(t, 60*time.Second, bin, "volume", "create", "vm", "--size", "16M", "--nodes", "h1,h2,h3", "--data-dir", nodes[0].dir)
+	nodes[2].waitUpToDate(t, "vm", 30*time.Second)
+
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("PADDOCK_HISTORY_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	faults := 4
+	if s := os.Getenv("PADDOCK_HISTORY_FAULTS"); s != "" {
+		if n, err := strconv.Atoi(s); err == nil && n >= 1 && n <= historyMaxFaults {
+			faults = n
+		}
+	}
+	t.Logf("PADDOCK_HISTORY_SEED=%d, %d faults", seed, faults)
+	c := &campaign{t: t, lab: lab, nodes: nodes, volume: "vm", rng: rand.New(rand.NewPCG(seed, 3)),
+		tokenMs: historyTokenMs, faults: faults, maxFaultMs: historyTokenMs * 9, clients: 3, blocks: 256,
+		recoverTimeout: 60 * time.Second}
+	c.run(seed)
+}
