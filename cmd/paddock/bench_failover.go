@@ -57,6 +57,8 @@ type failoverConfig struct {
 	Blocks   int64
 	IPs      []string
 	Progress io.Writer
+	// Keep leaves the clusters' directories (node logs) in place.
+	Keep bool
 }
 
 // failoverTrial is one kill. Times are ms after the kill; 0 when the
@@ -163,6 +165,7 @@ on stdout (--json: JSON).`,
 	cmd.Flags().IntVar(&cfg.Clients, "clients", 2, "concurrent NBD clients")
 	cmd.Flags().Int64Var(&cfg.Blocks, "blocks", 256, "4 KiB blocks the clients write (registers of the history)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&cfg.Keep, "keep", false, "keep the clusters' directories and node logs (printed on stderr)")
 	benchCmd.AddCommand(cmd)
 }
 
@@ -178,7 +181,7 @@ func runFailoverMode(ctx context.Context, cfg failoverConfig, mode string) (fail
 			return res, fmt.Errorf("mode fence needs fence_dummy (Debian's fence-agents): %w", err)
 		}
 	}
-	cl, err := replbench.StartCluster(ctx, replbench.ClusterConfig{Paddock: cfg.Paddock, IPs: cfg.IPs, Name: "failover", LogLevel: "info"})
+	cl, err := replbench.StartCluster(ctx, replbench.ClusterConfig{Paddock: cfg.Paddock, IPs: cfg.IPs, Name: "failover", LogLevel: "info", Keep: cfg.Keep})
 	if err != nil {
 		return res, err
 	}
@@ -450,7 +453,9 @@ func failoverPhases(tr *failoverTrial, cl *replbench.Cluster, victim string, kil
 			case "membership":
 				first(&tr.DetectMs, at)
 			case "fenced":
-				first(&tr.FencedMs, at)
+				if strings.Contains(m[3], "target="+victim+" ") {
+					first(&tr.FencedMs, at)
+				}
 			case "failover: primary role moved":
 				first(&tr.MovedMs, at)
 			case "promoted":
