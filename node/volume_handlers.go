@@ -178,6 +178,7 @@ func (d *Daemon) volumeHandlers(mux *http.ServeMux) {
 		}
 		writeJSONResponse(w, http.StatusOK, map[string]string{"discarding": req.Discard})
 	})
+	mux.HandleFunc("POST /v1/handoff", d.handoffHandler) // node/handoff.go
 	mux.HandleFunc("POST /v1/volumes/{name}/promote", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
 		var req VolumePromoteRequest

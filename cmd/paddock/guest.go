@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/paddock-io/paddock/migrate"
+	"github.com/paddock-io/paddock/node"
 )
 
 var guestCmd = &cobra.Command{
@@ -27,34 +30,65 @@ var guestCmd = &cobra.Command{
 }
 
 func init() {
-	guestCmd.AddCommand(guestRunCmd(), guestCheckCmd(), guestStatusCmd())
+	guestCmd.AddCommand(guestRunCmd(false), guestRunCmd(true), guestCheckCmd(), guestStatusCmd())
 	rootCmd.AddCommand(guestCmd)
 }
 
-func guestRunCmd() *cobra.Command {
+// guestRunCmd is "guest run" (alias "guest start"), or with receive
+// "guest receive", which is "guest run --incoming".
+func guestRunCmd(receive bool) *cobra.Command {
 	var (
 		name, mem, listen, rate, pattern, content, sock string
 		incoming                                        bool
 		seed                                            uint64
 		tlsf                                            migrationTLS
+		volumes                                         []string
 	)
 	cmd := &cobra.Command{
-		Use:   "run --name NAME --mem 256M [--dirty-rate 50M] [--pattern uniform|hotset] [--content random|halfzero] [--incoming --listen-migration IP:PORT] [--control-sock PATH] (--data-dir DIR | --tls-dir DIR [--insecure-self-signed])",
-		Short: "Run a synthetic guest (RAM in a memfd, a writer dirtying pages) or wait for one to migrate in",
-		Long: `guest run starts a process that plays a VM for live migration: its RAM is a
-memfd, and a writer goroutine rewrites whole pages at --dirty-rate bytes per
-second (uniformly, or 90 % of writes in a hot tenth of RAM). Every page holds
-its index, a version and content derived from both, and the writer's count of
-writes travels as device state, so "paddock guest check" proves after a
-migration that nothing was lost, duplicated or torn.
+		Use:     "run --name NAME --mem 256M [--dirty-rate 50M] [--pattern uniform|hotset|sequential] [--content random|halfzero] [--volume NAME]... [--incoming --listen IP:PORT] [--control-sock PATH] (--data-dir DIR | --tls-dir DIR [--insecure-self-signed])",
+		Aliases: []string{"start"},
+		Short:   "Run a synthetic guest (RAM in a memfd, a writer dirtying pages) or wait for one to migrate in",
+		Long: `guest run (or guest start) starts a process that plays a VM for live
+migration: its RAM is a memfd (--mem, or --ram), and a writer goroutine
+rewrites whole pages at --dirty-rate bytes per second: uniformly over RAM,
+90 % of writes in a hot tenth of it (hotset), or walking it in order,
+wrapping around (sequential). Every page holds its index, a version and
+content derived from both, and the writer's count of writes travels as
+device state, so "paddock guest check" proves after a migration that nothing
+was lost, duplicated or torn.
 
-With --incoming the process holds no guest yet: it listens on
---listen-migration and becomes the guest when a migration commits. A failed
-migration is discarded and it waits again.
+--volume NAME (repeatable) lists the replicated volumes the guest uses as
+disks. They travel with it: at the switchover of a migration, while the
+guest is paused, their primary role moves to the destination's node, so the
+disk follows the guest without a copy. This needs --data-dir (the guest asks
+its node to move them); a hand-off that fails cancels the migration and the
+guest goes on here with its volumes.
+
+With --incoming the process holds no guest yet: it listens on --listen (or
+--listen-migration) and becomes the guest when a migration commits. A failed
+migration is discarded and it waits again. "guest receive" is the same.
 
 "paddock migrate NAME --to ..." drives a migration through the control socket.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if receive {
+				incoming = true
+			}
+			if cmd.Flags().Changed("mem") && cmd.Flags().Changed("ram") {
+				return errors.New("give --mem or --ram (the same thing), not both")
+			}
+			if cmd.Flags().Changed("listen") && cmd.Flags().Changed("listen-migration") {
+				return errors.New("give --listen or --listen-migration (the same thing), not both")
+			}
+			if err := checkVolumes(volumes); err != nil {
+				return fmt.Errorf("--volume: %w", err)
+			}
+			if len(volumes) > 0 && incoming {
+				return errors.New("--volume is for a guest that starts here; an incoming guest learns its volumes from the migration")
+			}
+			if len(volumes) > 0 && tlsf.dataDir == "" {
+				return errors.New("--volume needs --data-dir: the guest asks its node to hand its volumes over at a migration")
+			}
 			if !guestNameRE.MatchString(name) {
 				return fmt.Errorf("--name %q: letters, digits, '.', '_', '-', at most 64", name)
 			}
@@ -91,19 +125,48 @@ migration is discarded and it waits again.
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			p := &guestProc{name: name, ramBytes: ramBytes, id: id, out: cmd.OutOrStdout(), exit: make(chan struct{})}
+			p := &guestProc{name: name, ramBytes: ramBytes, id: id, out: cmd.OutOrStdout(), exit: make(chan struct{}),
+				nodeDir: tlsf.dataDir, volumes: volumes}
+			if len(volumes) > 0 {
+				// Fail now rather than at the first migration.
+				var vs []node.VolumeListEntry
+				if err := node.NewControlClient(node.DataDir{Path: tlsf.dataDir}, volumeTimeout).Call("GET", "/v1/volumes", nil, &vs); err != nil {
+					return fmt.Errorf("--volume: asking the node: %w", err)
+				}
+				for _, v := range volumes {
+					if !slices.ContainsFunc(vs, func(e node.VolumeListEntry) bool { return e.Name == v }) {
+						return fmt.Errorf("--volume %s: no such volume in the cluster", v)
+					}
+				}
+			}
 			return p.run(ctx, cfg, incoming, listen, sock)
 		},
+	}
+	if receive {
+		cmd.Use = "receive --name NAME --mem 256M --listen IP:PORT [--control-sock PATH] (--data-dir DIR | --tls-dir DIR [--insecure-self-signed])"
+		cmd.Aliases = nil
+		cmd.Short = "Wait for a guest to migrate in (guest run --incoming)"
+		cmd.Long = `guest receive listens on --listen for a migration of a guest of --mem bytes
+of RAM and becomes that guest when the migration commits: the destination
+side of "paddock migrate", standalone. A migration that fails is discarded
+and it waits again. It is "guest run --incoming".`
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&name, "name", "", "guest name")
 	fl.StringVar(&mem, "mem", "256M", "guest RAM (K, M, G suffixes)")
+	fl.StringVar(&mem, "ram", "256M", "the same as --mem")
 	fl.StringVar(&listen, "listen-migration", "", "address to receive a migration on (with --incoming)")
-	fl.StringVar(&rate, "dirty-rate", "0", "bytes the writer dirties per second (K, M, G suffixes)")
-	fl.StringVar(&pattern, "pattern", "uniform", "where the writer writes: uniform or hotset")
-	fl.StringVar(&content, "content", "random", "page content: random, or halfzero (even pages stay zero)")
+	fl.StringVar(&listen, "listen", "", "the same as --listen-migration")
 	fl.StringVar(&sock, "control-sock", "", "control socket (default /run/paddock/guest-NAME.sock)")
-	fl.BoolVar(&incoming, "incoming", false, "wait for a migration instead of starting a guest")
+	if !receive {
+		fl.StringVar(&rate, "dirty-rate", "0", "bytes the writer dirties per second (K, M, G suffixes)")
+		fl.StringVar(&pattern, "pattern", "uniform", "where the writer writes: "+strings.Join(migrate.SynthPatterns, ", "))
+		fl.StringVar(&content, "content", "random", "page content: random, or halfzero (even pages stay zero)")
+		fl.BoolVar(&incoming, "incoming", false, "wait for a migration instead of starting a guest (as guest receive)")
+		fl.StringArrayVar(&volumes, "volume", nil, "a replicated volume the guest uses (repeatable): its primary role follows the guest at a migration (needs --data-dir)")
+	} else {
+		rate, pattern, content = "0", "uniform", "random"
+	}
 	fl.Uint64Var(&seed, "seed", 0, "content seed (default: from the clock)")
 	fl.StringVar(&tlsf.dataDir, "data-dir", "", "node data dir whose cluster CA and node certificate authenticate migrations")
 	fl.StringVar(&tlsf.tlsDir, "tls-dir", "", "directory with ca.pem, cert.pem, key.pem (or a throw-away CA, with --insecure-self-signed)")
@@ -120,11 +183,16 @@ type guestProc struct {
 	id       migrate.TLSIdentity
 	out      interface{ Write([]byte) (int, error) }
 
-	mu    sync.Mutex
-	g     *migrate.SynthGuest
-	state string // incoming, running, migrating, migrated
-	exit  chan struct{}
-	once  sync.Once
+	// nodeDir is the data dir of the node this guest runs on (its
+	// --data-dir), whose control API moves its volumes; "" without one.
+	nodeDir string
+
+	mu      sync.Mutex
+	g       *migrate.SynthGuest
+	volumes []string // the guest's volumes; set by a migration in
+	state   string   // incoming, running, migrating, migrated
+	exit    chan struct{}
+	once    sync.Once
 }
 
 func (p *guestProc) say(format string, args ...any) {
@@ -216,19 +284,23 @@ func (p *guestProc) receive(ctx context.Context, listen string) error {
 				}
 			},
 			Resume: func(state []byte) error {
-				g, err := migrate.RestoreSynthGuest(mem, state)
+				vols, inner, err := splitVolumeState(state)
+				if err != nil {
+					return err
+				}
+				g, err := migrate.RestoreSynthGuest(mem, inner)
 				if err != nil {
 					return err
 				}
 				p.mu.Lock()
-				p.g, p.state = g, "running"
+				p.g, p.state, p.volumes = g, "running", vols
 				p.mu.Unlock()
 				return g.Resume()
 			},
 		}
 		st, err := receiveEither(ctx, lq, lt, opts)
 		if err == nil {
-			p.say("resumed from a migration over %s: %d rounds, device state %d bytes", st.Transport, st.Rounds, st.StateBytes)
+			p.say("resumed from a migration over %s: %d rounds, device state %d bytes, volumes %v", st.Transport, st.Rounds, st.StateBytes, p.status().Volumes)
 			return nil
 		}
 		if ctx.Err() != nil {
@@ -349,8 +421,8 @@ func (p *guestProc) handle(ctx context.Context, c net.Conn) {
 			c.Read(b[:])
 			cancel()
 		}()
-		st, err := p.migrateOut(mctx, req.Migrate, func(pr migrate.Progress) { send(guestResponse{Progress: &pr}) })
-		resp := guestResponse{Done: true, Stats: st}
+		st, hres, err := p.migrateOut(mctx, req.Migrate, func(pr migrate.Progress) { send(guestResponse{Progress: &pr}) })
+		resp := guestResponse{Done: true, Stats: st, Handoff: hres}
 		if err != nil {
 			resp.Error = err.Error()
 		}
@@ -361,7 +433,7 @@ func (p *guestProc) handle(ctx context.Context, c net.Conn) {
 func (p *guestProc) status() guestStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := guestStatus{Name: p.name, State: p.state, RAMBytes: p.ramBytes, Pid: os.Getpid()}
+	st := guestStatus{Name: p.name, State: p.state, RAMBytes: p.ramBytes, Pid: os.Getpid(), Volumes: slices.Clone(p.volumes)}
 	if p.g != nil {
 		st.Writes = p.g.Writes()
 		st.ThrottlePercent = p.g.ThrottlePercent()
@@ -371,15 +443,16 @@ func (p *guestProc) status() guestStatus {
 
 // migrateOut sends the guest to m.To. On success (or a commit whose
 // confirmation was lost) the guest is gone from here and the process exits.
-func (p *guestProc) migrateOut(ctx context.Context, m *migrateRequest, progress func(migrate.Progress)) (*migrate.Stats, error) {
+func (p *guestProc) migrateOut(ctx context.Context, m *migrateRequest, progress func(migrate.Progress)) (*migrate.Stats, *node.HandoffResult, error) {
 	p.mu.Lock()
 	if p.state != "running" {
 		st := p.state
 		p.mu.Unlock()
-		return nil, fmt.Errorf("guest is %s, not running", st)
+		return nil, nil, fmt.Errorf("guest is %s, not running", st)
 	}
 	p.state = "migrating"
 	g := p.g
+	vols := slices.Clone(p.volumes)
 	p.mu.Unlock()
 	ok := false
 	defer func() {
@@ -397,14 +470,24 @@ func (p *guestProc) migrateOut(ctx context.Context, m *migrateRequest, progress 
 	}
 	conn, err := dial(ctx, m.Streams)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	var handoff func(context.Context) error
+	var hres *node.HandoffResult
+	if len(vols) > 0 {
+		if handoff, hres, err = p.prepareHandoff(vols, m.ToNode, m.HandoffTimeoutMs, conn); err != nil {
+			conn.Abort("volume hand-off impossible")
+			p.say("migration to %s refused, running here: %v", m.To, err)
+			return nil, nil, err
+		}
 	}
 	tr, err := g.NewTracker()
 	if err != nil {
 		conn.Abort("no tracker")
-		return nil, err
+		return nil, nil, err
 	}
-	st, err := migrate.Migrate(ctx, g, tr, conn, migrate.SourceOptions{
+	st, err := migrate.Migrate(ctx, volumeGuest{g, vols}, tr, conn, migrate.SourceOptions{
+		Handoff:                 handoff,
 		Compression:             comp,
 		DowntimeLimit:           time.Duration(m.DowntimeMs) * time.Millisecond,
 		Timeout:                 time.Duration(m.TimeoutMs) * time.Millisecond,
@@ -421,11 +504,59 @@ func (p *guestProc) migrateOut(ctx context.Context, m *migrateRequest, progress 
 		g.Stop()
 		p.setState("migrated")
 		p.say("migrated to %s (%s)", m.To, st.Status)
+		if hres != nil && hres.Node != "" {
+			p.say("%s", handoffLine(hres))
+		}
 		p.once.Do(func() { close(p.exit) })
 	} else {
 		p.say("migration to %s failed, running here: %v", m.To, err)
+		hres = nil
 	}
-	return st, err
+	return st, hres, err
+}
+
+// prepareHandoff checks, before any RAM is sent, that the guest's volumes
+// can move to the destination's node, and returns the hand-off the
+// switchover runs and the result it fills in.
+func (p *guestProc) prepareHandoff(vols []string, toNode string, timeoutMs int64, conn migrate.Conn) (func(context.Context) error, *node.HandoffResult, error) {
+	if p.nodeDir == "" {
+		return nil, nil, errors.New("the guest has volumes but no --data-dir: it cannot reach a node to move them")
+	}
+	var peer string
+	if c := conn.PeerCertificate(); c != nil {
+		// With --data-dir both sides show cluster certificates, whose
+		// name is the node's.
+		peer = c.Subject.CommonName
+	}
+	target, err := handoffTarget(toNode, peer)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The node's answer decides whether the volumes moved, so the call
+	// is never abandoned: it lasts at most the hand-off, then its undo.
+	timeout := defaultHandoffTimeout
+	if timeoutMs > 0 {
+		timeout = time.Duration(timeoutMs) * time.Millisecond
+	}
+	client := node.NewControlClient(node.DataDir{Path: p.nodeDir}, 2*timeout+handoffCallMarginMs*time.Millisecond)
+	req := node.HandoffRequest{Volumes: vols, Node: target, CheckOnly: true, TimeoutMs: timeout.Milliseconds()}
+	if err := client.Call("POST", "/v1/handoff", req, nil); err != nil {
+		return nil, nil, fmt.Errorf("volume hand-off to %s: %w", target, err)
+	}
+	req.CheckOnly = false
+	res := &node.HandoffResult{}
+	handoff := func(context.Context) error {
+		// The migration's context is not passed on: a cancel arriving
+		// mid-hand-off is answered by the node finishing or undoing
+		// it, never by leaving it half done (node/handoff.go).
+		var r node.HandoffResult
+		if err := client.Call("POST", "/v1/handoff", req, &r); err != nil {
+			return err
+		}
+		*res = r
+		return nil
+	}
+	return handoff, res, nil
 }
 
 func guestSocketFlag(cmd *cobra.Command, sock *string) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/paddock-io/paddock/migrate"
+	"github.com/paddock-io/paddock/node"
 )
 
 // The guest control socket speaks JSON lines: one request per connection,
@@ -27,13 +28,20 @@ type guestRequest struct {
 }
 
 type migrateRequest struct {
-	To         string `json:"to"`
-	ServerName string `json:"server_name,omitempty"`
-	Transport  string `json:"transport"`
-	DowntimeMs int64  `json:"downtime_ms"`
-	TimeoutMs  int64  `json:"timeout_ms"`
-	Streams    int    `json:"streams"`
-	Compress   string `json:"compress"`
+	To string `json:"to"`
+	// ToNode is the node whose guest process waits at To: the guest's
+	// volumes move there. Empty: the node named by the destination's
+	// cluster certificate.
+	ToNode string `json:"to_node,omitempty"`
+	// HandoffTimeoutMs bounds the volume hand-off (its undo may take as
+	// long again); 0 = node.DefaultHandoffTimeoutMs.
+	HandoffTimeoutMs int64  `json:"handoff_timeout_ms,omitempty"`
+	ServerName       string `json:"server_name,omitempty"`
+	Transport        string `json:"transport"`
+	DowntimeMs       int64  `json:"downtime_ms"`
+	TimeoutMs        int64  `json:"timeout_ms"`
+	Streams          int    `json:"streams"`
+	Compress         string `json:"compress"`
 	// BandwidthBytesPerSecond caps the page streams; 0 = no cap.
 	BandwidthBytesPerSecond int64 `json:"bandwidth_bytes_per_second"`
 	MaxRounds               int   `json:"max_rounds"`
@@ -44,6 +52,8 @@ type migrateRequest struct {
 const (
 	maxDowntimeMs = 60 * 60 * 1000
 	maxTimeoutMs  = 24 * 60 * 60 * 1000
+	// maxHandoffTimeoutMs: the guest is paused during the hand-off.
+	maxHandoffTimeoutMs = 120 * 1000
 )
 
 // parseGuestRequest reads and checks one request line.
@@ -88,6 +98,12 @@ func parseGuestRequest(line []byte) (guestRequest, error) {
 		if m.BandwidthBytesPerSecond < 0 {
 			return r, errors.New("negative bandwidth")
 		}
+		if m.HandoffTimeoutMs < 0 || m.HandoffTimeoutMs > maxHandoffTimeoutMs {
+			return r, fmt.Errorf("hand-off timeout %d ms: want 0..%d", m.HandoffTimeoutMs, maxHandoffTimeoutMs)
+		}
+		if m.ToNode != "" && !guestNameRE.MatchString(m.ToNode) {
+			return r, fmt.Errorf("destination node %q: not a node name", m.ToNode)
+		}
 		if m.MaxRounds < 0 || m.MaxRounds > migrate.MaxRoundsLimit {
 			return r, fmt.Errorf("max rounds %d: want 0..%d", m.MaxRounds, migrate.MaxRoundsLimit)
 		}
@@ -105,6 +121,7 @@ type guestResponse struct {
 	Check    *migrate.CheckResult `json:"check,omitempty"`
 	Progress *migrate.Progress    `json:"progress,omitempty"`
 	Stats    *migrate.Stats       `json:"stats,omitempty"`
+	Handoff  *node.HandoffResult  `json:"handoff,omitempty"`
 }
 
 type guestStatus struct {
@@ -114,6 +131,8 @@ type guestStatus struct {
 	Writes          uint64 `json:"writes"`
 	ThrottlePercent int    `json:"throttle_percent"`
 	Pid             int    `json:"pid"`
+	// Volumes the guest uses; they follow it at a migration.
+	Volumes []string `json:"volumes,omitempty"`
 }
 
 var guestNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)

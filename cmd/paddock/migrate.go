@@ -17,13 +17,13 @@ import (
 
 func init() {
 	var (
-		sock, to, transport, serverName, compress, bandwidth string
-		downtime, timeout                                    time.Duration
-		streams, maxRounds, downtimeMs                       int
-		noAutoConverge, asJSON                               bool
+		sock, to, toNode, transport, serverName, compress, bandwidth string
+		downtime, timeout, handoffTimeout                            time.Duration
+		streams, maxRounds, downtimeMs                               int
+		noAutoConverge, asJSON                                       bool
 	)
 	cmd := &cobra.Command{
-		Use:   "migrate NAME --to HOST:PORT [--transport quic|tcp] [--downtime 100ms] [--timeout 10m] [--streams 8] [--compress auto] [--bandwidth 0] [--json]",
+		Use:   "migrate NAME --to HOST:PORT [--to-node NODE] [--transport quic|tcp] [--downtime 100ms] [--timeout 10m] [--streams 8] [--compress auto] [--bandwidth 0] [--json]",
 		Short: "Live-migrate a guest to a destination waiting for it",
 		Long: `migrate asks the guest process NAME (through its control socket) to move
 itself, running, to the destination at --to (a "paddock guest run --incoming"
@@ -31,7 +31,15 @@ listening there): pre-copy rounds while it runs, then a pause of about
 --downtime, a digest check and a two-phase commit. It shows a progress bar
 and ends with the stats; --json prints the stats as JSON instead. If the
 migration fails, or is interrupted (Ctrl-C), the guest keeps running where it
-was. The exit status is 0 only when the guest runs on the destination.`,
+was. The exit status is 0 only when the guest runs on the destination.
+
+A guest started with --volume takes its volumes along: inside the pause,
+after the destination verified the RAM and before the commit, the primary
+role of each volume moves to the destination's node (--to-node, or the node
+named by the destination's cluster certificate), and the migration waits
+until that node serves them. The time counts in the downtime and is shown
+as handoff_ms. If the hand-off fails the migration is cancelled and the
+guest keeps running here with its volumes primary where they were.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := guestSock(args[0], sock)
@@ -46,9 +54,9 @@ was. The exit status is 0 only when the guest runs on the destination.`,
 				return fmt.Errorf("--bandwidth: %w", err)
 			}
 			req := guestRequest{Op: "migrate", Migrate: &migrateRequest{
-				To: to, ServerName: serverName, Transport: transport,
+				To: to, ToNode: toNode, ServerName: serverName, Transport: transport,
 				DowntimeMs: downtime.Milliseconds(), TimeoutMs: timeout.Milliseconds(),
-				Streams: streams, Compress: compress, BandwidthBytesPerSecond: bw,
+				Streams: streams, Compress: compress, BandwidthBytesPerSecond: bw, HandoffTimeoutMs: handoffTimeout.Milliseconds(),
 				MaxRounds: maxRounds, NoAutoConverge: noAutoConverge,
 			}}
 			b, _ := json.Marshal(req)
@@ -106,6 +114,9 @@ was. The exit status is 0 only when the guest runs on the destination.`,
 				fmt.Fprintln(cmd.OutOrStdout(), string(out))
 			} else if st != nil {
 				fmt.Fprintln(cmd.OutOrStdout(), statsLine(args[0], st))
+				if final.Handoff != nil {
+					fmt.Fprintln(cmd.OutOrStdout(), args[0]+": "+handoffLine(final.Handoff))
+				}
 			}
 			if final.Error != "" {
 				return errors.New(final.Error)
@@ -116,6 +127,8 @@ was. The exit status is 0 only when the guest runs on the destination.`,
 	fl := cmd.Flags()
 	guestSocketFlag(cmd, &sock)
 	fl.StringVar(&to, "to", "", "destination HOST:PORT (a guest run --incoming)")
+	fl.StringVar(&toNode, "to-node", "", "the destination's node, where the guest's volumes move (default: the node named by the destination's certificate)")
+	fl.DurationVar(&handoffTimeout, "handoff-timeout", defaultHandoffTimeout, "how long the destination's node may take to serve the guest's volumes before the hand-off is undone and the migration cancelled")
 	fl.StringVar(&serverName, "server-name", "", "name the destination's certificate must carry (default: HOST of --to)")
 	fl.StringVar(&transport, "transport", migrate.TransportQUIC, "quic or tcp")
 	fl.DurationVar(&downtime, "downtime", migrate.DefaultDowntimeLimit, "downtime limit: switch over when the rest can go in this long")
@@ -134,8 +147,12 @@ was. The exit status is 0 only when the guest runs on the destination.`,
 // statsLine is the one-line summary a person reads.
 func statsLine(name string, st *migrate.Stats) string {
 	p := st.Pages
-	return fmt.Sprintf("%s: %s over %s x%d in %.0f ms, downtime %.1f ms, %d rounds, %s sent of %s RAM (%d zero, %d raw, %d s2, %d zstd, %d delta pages), %.0f Mbit/s, throttle %d%%",
-		name, st.Status, st.Transport, st.PageStreams, st.TotalTimeMs, st.DowntimeMs, st.Rounds,
+	handoff := ""
+	if st.HandoffMs > 0 {
+		handoff = fmt.Sprintf(" (volume hand-off %.1f ms)", st.HandoffMs)
+	}
+	return fmt.Sprintf("%s: %s over %s x%d in %.0f ms, downtime %.1f ms%s, %d rounds, %s sent of %s RAM (%d zero, %d raw, %d s2, %d zstd, %d delta pages), %.0f Mbit/s, throttle %d%%",
+		name, st.Status, st.Transport, st.PageStreams, st.TotalTimeMs, st.DowntimeMs, handoff, st.Rounds,
 		humanBytes(int64(st.TransferredBytes)), humanBytes(int64(st.TotalBytes)),
 		p.ZeroPages, p.RawPages, p.S2Pages, p.ZstdPages, p.DeltaPages, st.Mbps, st.ThrottlePercent)
 }
