@@ -59,6 +59,11 @@ type failoverConfig struct {
 	Progress io.Writer
 	// Keep leaves the clusters' directories (node logs) in place.
 	Keep bool
+	// SettleMs is a pause between a victim's resync and the next kill.
+	// 0 measures back-to-back trials; BENCHMARKS.md explains why a
+	// pause longer than node/ha.go's fenceRetryMs (5 s) changes the
+	// outliers.
+	SettleMs int64
 }
 
 // failoverTrial is one kill. Times are ms after the kill; 0 when the
@@ -120,6 +125,9 @@ on stdout (--json: JSON).`,
 			if cfg.Blocks < 1 || cfg.Blocks*histBlockBytes > failoverVolumeBytes {
 				return fmt.Errorf("--blocks %d: want 1..%d", cfg.Blocks, failoverVolumeBytes/histBlockBytes)
 			}
+			if cfg.SettleMs < 0 || cfg.SettleMs > 60000 {
+				return fmt.Errorf("--settle-ms %d: want 0..60000", cfg.SettleMs)
+			}
 			switch mode {
 			case "both":
 				cfg.Modes = []string{"fence", "self"}
@@ -165,6 +173,7 @@ on stdout (--json: JSON).`,
 	cmd.Flags().IntVar(&cfg.Clients, "clients", 2, "concurrent NBD clients")
 	cmd.Flags().Int64Var(&cfg.Blocks, "blocks", 256, "4 KiB blocks the clients write (registers of the history)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().Int64Var(&cfg.SettleMs, "settle-ms", 0, "pause between a victim's resync and the next kill (0..60000)")
 	cmd.Flags().BoolVar(&cfg.Keep, "keep", false, "keep the clusters' directories and node logs (printed on stderr)")
 	benchCmd.AddCommand(cmd)
 }
@@ -262,6 +271,16 @@ func runFailoverMode(ctx context.Context, cfg failoverConfig, mode string) (fail
 	for trial := 1; trial <= cfg.Runs; trial++ {
 		if err := ctx.Err(); err != nil {
 			return res, err
+		}
+		if trial > 1 && cfg.SettleMs > 0 {
+			select {
+			case <-ctx.Done():
+				return res, ctx.Err()
+			case <-time.After(time.Duration(cfg.SettleMs) * time.Millisecond):
+			}
+			if st, err = cl.Nodes[0].WaitUpToDate(ctx, failoverVolume, failoverResyncTimeout, nil); err != nil {
+				return res, fmt.Errorf("trial %d: %w", trial, err)
+			}
 		}
 		victim := cl.Node(st.Primary)
 		if victim == nil {
