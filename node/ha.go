@@ -120,6 +120,14 @@ func (a *haAgent) tick(ctx context.Context) {
 	}
 	cfg := d.config()
 	self := d.loaded.Identity.ID
+	if cfg.netBlockedID(self) {
+		// This node is network-fenced (it learnt so from a node
+		// without a filter, or before its block took effect): it may
+		// see a quorate partition with the nodes that do not drop its
+		// packets, but it acts for no one until "paddock unfence".
+		clear(a.lostAt)
+		return
+	}
 	for _, n := range cfg.Nodes {
 		if slices.Contains(members, n.ID) {
 			delete(a.lostAt, n.ID)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/paddock-io/paddock/fence"
 	"github.com/paddock-io/paddock/fence/netfence"
+	"github.com/paddock-io/paddock/node/confchange"
 )
 
 // The network fence in the daemon.
@@ -231,6 +232,13 @@ func (d *Daemon) peerNetFenceHandler(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this node is not quorate: it changes no network fence", http.StatusConflict)
 		return
 	}
+	// A node that is itself network-fenced asks for nothing: seen from a
+	// node without a filter it may look like a quorate partition's
+	// acting node, and it must not have a survivor fenced.
+	if caller := r.TLS.PeerCertificates[0].Subject.CommonName; caller == "" || d.config().netBlockedCaller(caller) {
+		http.Error(w, fmt.Sprintf("node %q is network-fenced: its fence requests are refused", caller), http.StatusForbidden)
+		return
+	}
 	start := nowMs()
 	rep := d.localNetFence(req)
 	if rep.Filter {
@@ -364,14 +372,12 @@ func (d *Daemon) netFenceNode(ctx context.Context, victim string, members []uint
 	if filters > 0 {
 		if _, ok := d.config().netBlock(victim); !ok {
 			me, _ := d.config().Node(d.loaded.Identity.ID)
-			pctx, cancel := context.WithTimeout(ctx, failoverProposeMs*time.Millisecond)
-			_, err := d.conf.Propose(pctx, func(cur *ClusterConfig) (*ClusterConfig, error) {
+			_, err := d.proposeRetry(ctx, func(cur *ClusterConfig) (*ClusterConfig, error) {
 				if _, ok := cur.netBlock(victim); ok {
 					return nil, errAlreadyBlocked
 				}
 				return withNetBlock(cur, victim, me.Name, start)
 			})
-			cancel()
 			if err != nil && !errors.Is(err, errAlreadyBlocked) {
 				// The survivors drop its packets all the same (direct
 				// blocks), until they restart.
@@ -387,6 +393,32 @@ func (d *Daemon) netFenceNode(ctx context.Context, victim string, members []uint
 }
 
 var errAlreadyBlocked = errors.New("already blocked")
+
+// Bounds of proposeRetry: the failover of the same lost node proposes
+// its own change at the same moment, and a node runs one proposal at a
+// time (confchange.ErrBusy), so the fence's change waits its turn.
+const (
+	netFenceProposeMs      = 20000
+	netFenceProposeRetryMs = 200
+)
+
+// proposeRetry is Propose, tried again while this node has another
+// proposal in flight, for at most netFenceProposeMs.
+func (d *Daemon) proposeRetry(ctx context.Context, build func(cur *ClusterConfig) (*ClusterConfig, error)) (*ClusterConfig, error) {
+	ctx, cancel := context.WithTimeout(ctx, netFenceProposeMs*time.Millisecond)
+	defer cancel()
+	for {
+		next, err := d.conf.Propose(ctx, build)
+		if err == nil || !errors.Is(err, confchange.ErrBusy) {
+			return next, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(netFenceProposeRetryMs * time.Millisecond):
+		}
+	}
+}
 
 // unfence removes a node's network fence everywhere: from the
 // configuration (needs quorum), then from every member's filter.
@@ -413,7 +445,7 @@ func (d *Daemon) unfence(ctx context.Context, name string) (UnfenceReply, error)
 	start := nowMs()
 	req := NetFencePeerRequest{Node: name}
 	if inConfig {
-		next, err := d.conf.Propose(ctx, func(cur *ClusterConfig) (*ClusterConfig, error) {
+		next, err := d.proposeRetry(ctx, func(cur *ClusterConfig) (*ClusterConfig, error) {
 			return withoutNetBlock(cur, name)
 		})
 		if err != nil {

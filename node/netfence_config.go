@@ -102,6 +102,13 @@ func (c *ClusterConfig) netBlock(name string) (NetBlock, bool) {
 	return NetBlock{}, false
 }
 
+// netBlockedCaller says whether a peer, named by its certificate, is
+// network-fenced.
+func (c *ClusterConfig) netBlockedCaller(name string) bool {
+	_, ok := c.netBlock(name)
+	return ok
+}
+
 // netBlockedID says whether the node with this id is network-fenced.
 func (c *ClusterConfig) netBlockedID(id uint32) bool {
 	n, ok := c.Node(id)

@@ -216,7 +216,7 @@ func (s *Status) WriteText(w io.Writer) {
 // then the filter.
 func writeFencingText(w io.Writer, fs *FencingStatus) {
 	fmt.Fprintf(w, "\nFencing information\n-------------------\n")
-	fmt.Fprintf(w, "    Nodeid Name             Fenced   Last fence\n")
+	fmt.Fprintf(w, "    Nodeid Name             Fenced     Last fence\n")
 	for _, n := range fs.Nodes {
 		state := "no"
 		switch {
@@ -238,7 +238,7 @@ func writeFencingText(w io.Writer, fs *FencingStatus) {
 			}
 			last += fmt.Sprintf(" %s in %d ms", e.Result, e.DurationMs)
 		}
-		fmt.Fprintf(w, "0x%08x %-16s %-8s %s\n", n.ID, n.Name, state, last)
+		fmt.Fprintf(w, "0x%08x %-16s %-10s %s\n", n.ID, n.Name, state, last)
 	}
 	if f := fs.Filter; f != nil {
 		var addrs []string
