@@ -85,3 +85,46 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestGuestCLINames: the names of issue 6 — guest start (guest run),
+// --ram (--mem), --pattern sequential, guest receive --listen (guest run
+// --incoming --listen-migration) — work, and wrong combinations get a
+// clear error.
+func TestGuestCLINames(t *testing.T) {
+	bin := testbin.Paddock(t)
+	dir := t.TempDir()
+	tlsArgs := []string{"--tls-dir", filepath.Join(dir, "tls"), "--insecure-self-signed", "--control-sock", filepath.Join(dir, "x.sock")}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"guest", "start", "--name", "a", "--mem", "8M", "--ram", "8M"}, "not both"},
+		{[]string{"guest", "start", "--name", "a", "--ram", "8M", "--volume", "vm"}, "--volume needs --data-dir"},
+		{[]string{"guest", "start", "--name", "a", "--ram", "8M", "--volume", "../vm"}, "volume name"},
+		{[]string{"guest", "start", "--name", "a", "--ram", "8M", "--pattern", "zigzag"}, "uniform, hotset, sequential"},
+		{[]string{"guest", "receive", "--name", "a", "--ram", "8M"}, "needs --listen"},
+		{[]string{"guest", "receive", "--name", "a", "--ram", "8M", "--listen", "127.0.0.1:1", "--listen-migration", "127.0.0.1:1"}, "not both"},
+		{[]string{"guest", "receive", "--name", "a", "--ram", "8M", "--listen", "127.0.0.1:1", "--volume", "vm"}, "unknown flag: --volume"},
+	} {
+		out, err := testbin.RunErr(30*time.Second, bin, append(c.args, tlsArgs...)...)
+		if err == nil || !strings.Contains(out, c.want) {
+			t.Errorf("%v: %v, want an error saying %q:\n%s", c.args, err, c.want, out)
+		}
+	}
+
+	srcSock, dstSock := filepath.Join(dir, "src.sock"), filepath.Join(dir, "dst.sock")
+	tlsArgs = tlsArgs[:3]
+	src := testbin.Start(t, bin, append([]string{"guest", "start", "--name", "a", "--ram", "8M", "--dirty-rate", "2M",
+		"--pattern", "sequential", "--control-sock", srcSock}, tlsArgs...)...)
+	src.WaitFor(t, `running, 8.0 MiB RAM, .*sequential`, 30*time.Second)
+	listen := freeMigrationPort(t)
+	dst := testbin.Start(t, bin, append([]string{"guest", "receive", "--name", "a", "--ram", "8M", "--listen", listen,
+		"--control-sock", dstSock}, tlsArgs...)...)
+	dst.WaitFor(t, "waiting for a migration on "+listen, 30*time.Second)
+	out := testbin.Run(t, time.Minute, bin, "migrate", "a", "--control-sock", srcSock, "--to", listen, "--transport", "tcp")
+	if !strings.Contains(out, "a: completed over tcp") {
+		t.Fatalf("migrate:\n%s", out)
+	}
+	dst.WaitFor(t, "resumed from a migration", 30*time.Second)
+	testbin.Run(t, time.Minute, bin, "guest", "check", "a", "--control-sock", dstSock)
+}

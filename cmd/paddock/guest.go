@@ -108,7 +108,7 @@ migration is discarded and it waits again. "guest receive" is the same.
 				cfg.Seed = uint64(time.Now().UnixNano())
 			}
 			if incoming && listen == "" {
-				return errors.New("--incoming needs --listen-migration IP:PORT")
+				return errors.New("receiving a migration needs --listen IP:PORT (or --listen-migration)")
 			}
 			hosts := []string{"localhost", "127.0.0.1"}
 			if h, err := os.Hostname(); err == nil {
