@@ -14,7 +14,9 @@ import (
 // TestDemoOnce runs the README's first command as a user would (with --once
 // so it ends) and checks it walked through every step: three node
 // processes, a 3-replica volume, a secondary killed, resynced and the
-// replicas compared; and that it left no node process behind.
+// replicas compared, a guest using the volume migrated from n1's side to
+// n2's with the volume's primary role; and that it left no node or guest
+// process behind.
 func TestDemoOnce(t *testing.T) {
 	out := testbin.Run(t, 2*time.Minute, testbin.Paddock(t), "demo", "--once", "--size", "64M", "--listen", "127.0.0.1:0")
 	for _, want := range []string{
@@ -30,6 +32,13 @@ func TestDemoOnce(t *testing.T) {
 		"5. n3 is UpToDate again",
 		"6. read the 24.0 MiB back through n2",
 		"7. compared the three replicas' data files (64.0 MiB each): byte-identical",
+		"8. started guest demo-guest on n1's side",
+		"9. paddock migrate demo-guest --to 127.0.0.2:",
+		"demo-guest: completed over tcp",
+		"demo-guest: volume hand-off to n2 in ",
+		"demo0 n1->n2 epoch ",
+		"10. demo0's primary followed the guest: now n2",
+		"guest check on n2's side: consistent",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)

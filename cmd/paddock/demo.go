@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,7 +58,11 @@ each step as it happens:
 
   write through the primary (paddock's own NBD client), kill -9 a secondary,
   write more, restart it, watch it resync only what it missed, read the data
-  back through another node, and compare the three replicas' data files.
+  back through another node, and compare the three replicas' data files;
+  then start a small synthetic guest (64 MiB of RAM, rewritten at 16 MiB/s)
+  whose disk is the volume on n1's side, live-migrate it to n2's side with
+  "paddock migrate" (progress bar, stats), and show that the volume's primary
+  role followed the guest inside the migration's pause.
 
 When installed, qemu-io (qemu-utils) and nbdinfo (libnbd-bin) are run against
 the volume too; nothing but this executable is needed. Then it serves until
@@ -250,10 +255,19 @@ func runDemo(ctx context.Context, f demoFlags) error {
 		return err
 	}
 	say("  7. compared the three replicas' data files (%s each): byte-identical (%v)", humanBytes(sizeBytes), time.Since(t0).Round(time.Millisecond))
+
+	// 8-10. Live migration: a guest using the volume moves to n2's
+	// side, and the volume's primary role with it.
+	guest, err := demoMigrate(ctx, exe, cl, 8, say)
+	if err != nil {
+		return err
+	}
+	defer guest.stop()
 	say("")
-	say("The cluster goes on serving %s. Try, in another shell:", uri)
+	say("The cluster goes on serving %s (primary n2), and the guest runs on n2's side. Try, in another shell:", uri)
 	say("  paddock volume status %s --data-dir %s", demoVolume, n1.Dir)
-	say("  kill -9 %d    # n2; writes go on with n1 and n3, and n2 resyncs when restarted", n2.Pid())
+	say("  paddock guest check %s --control-sock %s", demoGuestName, filepath.Join(cl.Root, "guest-n2.sock"))
+	say("  kill -9 %d    # n3; writes go on with n1 and n2, and n3 resyncs when restarted", n3.Pid())
 	if f.once {
 		return nil
 	}
