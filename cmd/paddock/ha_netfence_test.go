@@ -69,7 +69,16 @@ func replicationPort(n *volNode) string {
 	return net.JoinHostPort(host, "10810")
 }
 
-func TestNetworkFenceBlocksUntilUnfence(t *testing.T) {
+// TestNetworkFenceBlocksUntilUnfence: h1 has a fence level (fence_dummy),
+// the survivors power-fence it, then block it.
+func TestNetworkFenceBlocksUntilUnfence(t *testing.T) { netFenceScenario(t, true) }
+
+// TestNetworkFenceAfterLease: no fence device; the survivors wait out
+// h1's lease, then block it. h1 stays up the whole time (self-fenced),
+// so once its link is back only the filters keep it out.
+func TestNetworkFenceAfterLease(t *testing.T) { netFenceScenario(t, false) }
+
+func netFenceScenario(t *testing.T, powerFence bool) {
 	lab := newNetLab(t, 3)
 	testbin.Require(t, "fence_dummy", "qemu-io", "curl")
 	bin := testbin.Paddock(t)
@@ -97,9 +106,11 @@ func TestNetworkFenceBlocksUntilUnfence(t *testing.T) {
 	// h1's plug.
 	power := filepath.Join(t.TempDir(), "h1-power")
 	os.WriteFile(power, []byte("on"), 0o600)
-	testbin.Run(t, 60*time.Second, bin, "fence", "device", "add", "dummy-h1", "--agent", "fence_dummy",
-		"--param", "type=file", "--param", "status_file="+power, "--data-dir", nodes[0].dir)
-	testbin.Run(t, 60*time.Second, bin, "fence", "level", "add", "h1", "--level", "1", "--devices", "dummy-h1", "--data-dir", nodes[0].dir)
+	if powerFence {
+		testbin.Run(t, 60*time.Second, bin, "fence", "device", "add", "dummy-h1", "--agent", "fence_dummy",
+			"--param", "type=file", "--param", "status_file="+power, "--data-dir", nodes[0].dir)
+		testbin.Run(t, 60*time.Second, bin, "fence", "level", "add", "h1", "--level", "1", "--devices", "dummy-h1", "--data-dir", nodes[0].dir)
+	}
 	var mu sync.Mutex
 	var offAt time.Time
 	stop := make(chan struct{})
@@ -146,21 +157,24 @@ func TestNetworkFenceBlocksUntilUnfence(t *testing.T) {
 
 	cut := time.Now()
 	lab.cut(1)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		mu.Lock()
-		off := !offAt.IsZero()
-		mu.Unlock()
-		if off {
-			break
+	if powerFence {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			mu.Lock()
+			off := !offAt.IsZero()
+			mu.Unlock()
+			if off {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("h1 was not fenced within 30 s of the cut\nh2:\n%s", nodes[1].proc.Output())
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("h1 was not fenced within 30 s of the cut\nh2:\n%s", nodes[1].proc.Output())
-		}
-		time.Sleep(50 * time.Millisecond)
+		t.Logf("h1 powered off %.1f s after the cut", time.Since(cut).Seconds())
 	}
 	st := waitPrimaryNot(t, nodes[1], "vm", "h1", 60*time.Second)
-	t.Logf("h1 powered off %.1f s after the cut; new primary %s", offAt.Sub(cut).Seconds(), st.Primary)
+	t.Logf("new primary %s %.1f s after the cut", st.Primary, time.Since(cut).Seconds())
 
 	// Both survivors know h1 is network-fenced, and their filters drop
 	// h1's address.
@@ -185,13 +199,16 @@ func TestNetworkFenceBlocksUntilUnfence(t *testing.T) {
 	}
 	qemuIO(1, "write -P 0xbb 4M 4M", "flush")
 
-	// Power h1 on with its link back: its packets are dropped.
-	os.WriteFile(power, []byte("on"), 0o600)
+	// h1's link back (and, when it was powered off, h1 on again): its
+	// packets are dropped.
 	lab.heal(1)
-	mu.Lock()
-	offAt = time.Time{}
-	mu.Unlock()
-	startFencedNode(t, lab, nodes, 0)
+	if powerFence {
+		os.WriteFile(power, []byte("on"), 0o600)
+		mu.Lock()
+		offAt = time.Time{}
+		mu.Unlock()
+		startFencedNode(t, lab, nodes, 0)
+	}
 	assertBlocked := func(when string) {
 		t.Helper()
 		for _, i := range []int{1, 2} {
@@ -255,7 +272,7 @@ func TestNetworkFenceBlocksUntilUnfence(t *testing.T) {
 	}
 	out := testbin.Run(t, 60*time.Second, bin, "unfence", "h1", "--data-dir", nodes[1].dir)
 	t.Logf("unfence: %s", out)
-	deadline = time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for _, i := range []int{1, 2} {
 		for {
 			err := dialInNS(lab.hosts[0], replicationPort(nodes[i]), 2*time.Second)
