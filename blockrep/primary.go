@@ -38,9 +38,17 @@ const (
 	DefaultReadLease       = 500 * time.Millisecond
 	readLeaseMarginPercent = 20
 	dialTimeout            = 2 * time.Second
-	reconnectInterval      = 500 * time.Millisecond
-	suspendRetryInterval   = 200 * time.Millisecond
-	maxPrepareAttempts     = 5
+	// reconnectInterval is how often the out-of-sync bitmaps are saved
+	// (what a crash of the primary can lose from them), maintainInterval
+	// how often peers are checked: a returning replica is dialled within
+	// it. Dials run in the background, one at a time per peer, so a dead
+	// host's dial timeout holds nothing up; a refused dial costs nothing,
+	// so there is no backoff beyond the interval (a backoff would delay
+	// the resync of a replica that restarts after a long absence).
+	reconnectInterval    = 500 * time.Millisecond
+	maintainInterval     = 100 * time.Millisecond
+	suspendRetryInterval = 200 * time.Millisecond
+	maxPrepareAttempts   = 5
 	// resyncChunkBytes is the most one resync message carries;
 	// resyncWindow the messages in flight per peer.
 	resyncChunkBytes = 1 << 20
@@ -104,6 +112,10 @@ type peer struct {
 	resentBytes atomic.Int64
 	missedBytes atomic.Int64
 	syncStarted time.Time
+	// dialing: a background dial runs.
+	dialing bool
+	// rate samples resentBytes for the resync rate shown in status.
+	rate resyncRate
 }
 
 // Primary serves one volume's client I/O on the node that holds its
@@ -151,6 +163,10 @@ type PeerStatus struct {
 	ResentBytes      int64  `json:"resent_bytes"`
 	MissedBytes      int64  `json:"missed_bytes"`
 	ResyncStartedAgo string `json:"resync_started_ago,omitempty"`
+	// ResyncBytesPerSecond is the resync rate over the last few seconds
+	// and ResyncETASeconds the time left at that rate (0: not known).
+	ResyncBytesPerSecond int64   `json:"resync_bytes_per_second,omitempty"`
+	ResyncETASeconds     float64 `json:"resync_eta_seconds,omitempty"`
 }
 
 // PrimaryStatus is what volume status shows of a primary.
@@ -180,6 +196,12 @@ func (p *Primary) Status() PrimaryStatus {
 			CompareDigests: pe.digest, ResentBytes: pe.resentBytes.Load(), MissedBytes: pe.missedBytes.Load()}
 		if pe.state == PeerSyncing && !pe.syncStarted.IsZero() {
 			ps.ResyncStartedAgo = time.Since(pe.syncStarted).Round(time.Millisecond).String()
+		}
+		if pe.resyncing || pe.state == PeerSyncing {
+			ps.ResyncBytesPerSecond = pe.rate.observe(time.Now(), ps.ResentBytes)
+			if ps.ResyncBytesPerSecond > 0 {
+				ps.ResyncETASeconds = float64(ps.OutOfSyncBytes) / float64(ps.ResyncBytesPerSecond)
+			}
 		}
 		st.Peers = append(st.Peers, ps)
 	}
@@ -370,7 +392,46 @@ func decodeExtents(b []byte) []int64 {
 // Epoch is the primary's epoch.
 func (p *Primary) Epoch() Epoch { return p.epoch }
 
-// connectAll dials every peer that has no link.
+// connectAsync starts a background dial of every peer that has no link
+// and none running; it does not wait for them.
+func (p *Primary) connectAsync() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pe := range p.peers {
+		if (pe.link != nil && pe.link.alive()) || pe.dialing {
+			continue
+		}
+		pe.dialing = true
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			conn, err := p.dial(p.ctx, pe)
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			pe.dialing = false
+			if err != nil {
+				return
+			}
+			if p.closed || (pe.link != nil && pe.link.alive()) {
+				conn.Close()
+				return
+			}
+			pe.link = newLink(pe.id, conn)
+		}()
+	}
+}
+
+func (p *Primary) dial(ctx context.Context, pe *peer) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if pe.noData {
+		return p.cfg.WitnessDial(dctx)
+	}
+	return p.cfg.Dial(dctx, pe.id)
+}
+
+// connectAll dials every peer that has no link and waits for the dials
+// (a promotion needs to know who it can reach).
 func (p *Primary) connectAll(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, pe := range p.peers {
@@ -383,15 +444,7 @@ func (p *Primary) connectAll(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-			defer cancel()
-			var conn net.Conn
-			var err error
-			if pe.noData {
-				conn, err = p.cfg.WitnessDial(dctx)
-			} else {
-				conn, err = p.cfg.Dial(dctx, pe.id)
-			}
+			conn, err := p.dial(ctx, pe)
 			if err != nil {
 				return
 			}

@@ -24,7 +24,7 @@ import (
 // real TCP listener serving the peer protocol. The dialer announces its
 // node id in 4 bytes (the daemon uses the TLS certificate instead).
 type testCluster struct {
-	t       *testing.T
+	t       testing.TB
 	size    int64
 	ids     []NodeID
 	mu      sync.Mutex
@@ -45,7 +45,7 @@ type testNode struct {
 
 const testVolume = 77
 
-func newTestCluster(t *testing.T, n int, size int64) *testCluster {
+func newTestCluster(t testing.TB, n int, size int64) *testCluster {
 	c := &testCluster{t: t, size: size, nodes: map[NodeID]*testNode{}, baseDir: t.TempDir()}
 	for i := 1; i <= n; i++ {
 		c.ids = append(c.ids, NodeID(i))
@@ -168,7 +168,7 @@ func (c *testCluster) dataOf(id NodeID) []byte {
 
 // waitSynced waits until every replica is a member again with nothing
 // left to send.
-func waitSynced(t *testing.T, p *Primary, want int) PrimaryStatus {
+func waitSynced(t testing.TB, p *Primary, want int) PrimaryStatus {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

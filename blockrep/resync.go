@@ -12,10 +12,11 @@ import (
 // back, until the primary closes.
 func (p *Primary) maintain() {
 	defer p.wg.Done()
-	t := time.NewTicker(reconnectInterval)
+	t := time.NewTicker(maintainInterval)
 	defer t.Stop()
+	var savedAt time.Time
 	for {
-		p.connectAll(p.ctx)
+		p.connectAsync()
 		p.mu.Lock()
 		var back, needSync []*peer
 		for _, pe := range p.peers {
@@ -52,8 +53,11 @@ func (p *Primary) maintain() {
 				}
 			}()
 		}
-		if err := p.saveBitmaps(); err != nil {
-			p.log.Warn("cannot save the out-of-sync bitmaps", "err", err)
+		if time.Since(savedAt) >= reconnectInterval {
+			savedAt = time.Now()
+			if err := p.saveBitmaps(); err != nil {
+				p.log.Warn("cannot save the out-of-sync bitmaps", "err", err)
+			}
 		}
 		select {
 		case <-p.ctx.Done():
@@ -407,4 +411,55 @@ func (p *Primary) Discard(id NodeID) error {
 		return p.dropMembers([]NodeID{id})
 	}
 	return nil
+}
+
+// resyncRate measures a resync's rate over a sliding window of samples
+// taken when status is asked for (at most every resyncRateSampleMs), so
+// the rate follows a rate controller's changes instead of averaging
+// from the start.
+type resyncRate struct {
+	at    [resyncRateSamples]time.Time
+	bytes [resyncRateSamples]int64
+	n     int
+}
+
+const (
+	resyncRateSamples  = 16
+	resyncRateSampleMs = 250
+	resyncRateWindowMs = 4000
+)
+
+// observe records resent at now and returns the bytes per second over
+// the window (0 until two samples span some time).
+func (r *resyncRate) observe(now time.Time, resent int64) int64 {
+	last := (r.n - 1 + resyncRateSamples) % resyncRateSamples
+	if r.n == 0 || now.Sub(r.at[last]) >= resyncRateSampleMs*time.Millisecond || resent < r.bytes[last] {
+		if r.n > 0 && resent < r.bytes[last] {
+			r.n = 0 // a new resync: the counter went back
+		}
+		i := r.n % resyncRateSamples
+		r.at[i], r.bytes[i] = now, resent
+		r.n++
+	}
+	if r.n < 2 {
+		return 0
+	}
+	newest := (r.n - 1) % resyncRateSamples
+	// The oldest sample still inside the window: status asked for
+	// rarely must not average over the idle time before.
+	oldest := -1
+	for k := max(0, r.n-resyncRateSamples); k < r.n-1; k++ {
+		if i := k % resyncRateSamples; now.Sub(r.at[i]) <= resyncRateWindowMs*time.Millisecond {
+			oldest = i
+			break
+		}
+	}
+	if oldest < 0 {
+		return 0
+	}
+	dt := r.at[newest].Sub(r.at[oldest]).Seconds()
+	if dt <= 0 {
+		return 0
+	}
+	return int64(float64(r.bytes[newest]-r.bytes[oldest]) / dt)
 }
