@@ -2,6 +2,12 @@ package node
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
@@ -41,5 +47,45 @@ func TestFencingText(t *testing.T) {
 	s.WriteText(&b)
 	if !strings.Contains(b.String(), "none on this node") {
 		t.Errorf("without a filter:\n%s", b.String())
+	}
+}
+
+// The peer API of the network fence: who may ask, and what a node without
+// a filter answers.
+func TestPeerNetFenceHandler(t *testing.T) {
+	cfg, err := withNetBlock(netTestConfig(t), "n1", "n2", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Daemon{loaded: &Loaded{Identity: Identity{ID: 2, Name: "n2"}, Config: cfg}, nf: &netFenceState{}}
+	d.status.Quorum.Quorate = true
+	call := func(caller string, body string) (int, string) {
+		r := httptest.NewRequest("POST", "/peer/v1/netfence", strings.NewReader(body))
+		if caller != "" {
+			cert := &x509.Certificate{Subject: pkix.Name{CommonName: caller}}
+			r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}, VerifiedChains: [][]*x509.Certificate{{cert}}}
+		}
+		w := httptest.NewRecorder()
+		d.peerNetFenceHandler(w, r)
+		return w.Code, w.Body.String()
+	}
+	if code, _ := call("", `{"node":"n3","block":true}`); code != http.StatusUnauthorized {
+		t.Errorf("without a certificate: %d", code)
+	}
+	// n1 is network-fenced: it has no one fenced.
+	if code, body := call("n1", `{"node":"n3","block":true}`); code != http.StatusForbidden {
+		t.Errorf("a fenced caller: %d %s", code, body)
+	}
+	if code, _ := call("n3", `{"node":`); code != http.StatusBadRequest {
+		t.Errorf("a malformed body: %d", code)
+	}
+	code, body := call("n3", `{"node":"n1","block":true}`)
+	var rep NetFencePeerReply
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &rep) != nil || rep.Filter || rep.Node != "n2" || rep.Error != "" {
+		t.Errorf("a node without a filter: %d %s", code, body)
+	}
+	d.status.Quorum.Quorate = false
+	if code, _ := call("n3", `{"node":"n1","block":true}`); code != http.StatusConflict {
+		t.Errorf("an inquorate node: %d", code)
 	}
 }
