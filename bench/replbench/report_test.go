@@ -1,8 +1,11 @@
 package replbench
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestUpdateSection(t *testing.T) {
@@ -72,5 +75,24 @@ func TestMarkdownMediansAndGoals(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+func TestResyncTookFromLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "node.log")
+	log := `time=2026-12-02T04:20:00.000Z level=INFO msg="replica caught up and rejoined the generation" node=n1 part=volumes volume_name=resync volume=4 replica=3 generation=1.3 resent_bytes=1 took=9s
+time=2026-12-02T04:21:00.000Z level=INFO msg="replica caught up and rejoined the generation" node=n1 part=volumes volume_name=resync volume=4 replica=3 generation=1.5 resent_bytes=268435456 took=1.352s
+time=2026-12-02T04:21:00.100Z level=INFO msg="replica caught up and rejoined the generation" node=n1 part=volumes volume_name=r3 volume=3 replica=3 generation=1.7 resent_bytes=0 took=3ms
+`
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, ok := resyncTookFromLog(path, "resync", 0)
+	if !ok || d != 1352*time.Millisecond {
+		t.Fatalf("got %v %v, want 1.352s (the resync volume's last line, not r3's)", d, ok)
+	}
+	first := int64(strings.Index(log, "\n") + 1)
+	if _, ok := resyncTookFromLog(path, "r2", first); ok {
+		t.Fatal("found a line of a volume that has none")
 	}
 }
