@@ -226,7 +226,7 @@ func (p *guestProc) run(ctx context.Context, cfg migrate.SynthConfig, incoming b
 		p.g, p.state = g, "running"
 		p.mu.Unlock()
 		g.Resume()
-		p.say("running, %s RAM, dirty rate %d B/s, %s, %s, control %s", humanBytes(cfg.RAMBytes), cfg.DirtyBytesPerSecond, cfg.Pattern, cfg.Content, sock)
+		p.say("running, %s RAM, dirty rate %d B/s, %s, %s, volumes %v, control %s", humanBytes(cfg.RAMBytes), cfg.DirtyBytesPerSecond, cfg.Pattern, cfg.Content, p.volumes, sock)
 	}
 	select {
 	case <-ctx.Done():
