@@ -8,7 +8,11 @@
 //     (Pause, Resume, Throttle, State, RAM): the bulk pass, then rounds of
 //     dirty pages; after each, Convergence (a pure state machine) applies
 //     QEMU's rule and auto-converge; then pause, the last round, the device
-//     state and the RAM digest, and a two-phase commit.
+//     state and the RAM digest, and a two-phase commit. Between the
+//     destination's "ready" and the commit, SourceOptions.Handoff moves what
+//     the guest uses outside its RAM (the primary role of its volumes, see
+//     node/handoff.go) inside the same pause; a failure there cancels the
+//     migration like any failure before the commit.
 //
 //   - Receive (engine_dest.go) applies the streams to fresh RAM, checks the
 //     digest, confirms, and resumes the guest only at the commit. The
@@ -16,7 +20,8 @@
 //     by a redial, is described in engine.go.
 //
 //   - SynthGuest is a guest for tests, benchmarks and `paddock guest run`:
-//     a writer that dirties pages at a rate, with self-verifying content.
+//     a writer that dirties pages at a rate (uniform, hotset or sequential),
+//     with self-verifying content.
 //
 //   - Memory is the guest's RAM: a memfd mapped MAP_SHARED, so a VMM can map
 //     the same pages. The unit everywhere is PageBytes (4096).
