@@ -296,8 +296,12 @@ func (p *Primary) sendMissed(pe *peer, l *link) error {
 		}
 		e, g := p.epoch, p.gen
 		p.mu.Unlock()
-		buf := make([]byte, n)
+		// A pooled buffer: a fresh 1 MiB one per chunk cost page faults
+		// and GC work. The frame writer is done with it once call returns.
+		fb := getFrame(int(n))
+		buf := (*fb)[:n]
 		if err := p.Store().ReadAt(buf, off); err != nil {
+			putFrame(fb)
 			unlock()
 			<-window
 			p.remark(pe, off, n)
@@ -311,6 +315,7 @@ func (p *Primary) sendMissed(pe *peer, l *link) error {
 			defer wg.Done()
 			defer func() { <-window }()
 			defer unlock()
+			defer putFrame(fb)
 			m := &Message{Type: MsgSyncWrite, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: e, Gen: g,
 				Offset: uint64(off), Length: uint32(n), Payload: buf}
 			a, err := l.call(m, p.cfg.PeerTimeout*2)
