@@ -163,12 +163,12 @@ and it waits again. It is "guest run --incoming".`
 		fl.StringVar(&pattern, "pattern", "uniform", "where the writer writes: "+strings.Join(migrate.SynthPatterns, ", "))
 		fl.StringVar(&content, "content", "random", "page content: random, or halfzero (even pages stay zero)")
 		fl.BoolVar(&incoming, "incoming", false, "wait for a migration instead of starting a guest (as guest receive)")
+		fl.Uint64Var(&seed, "seed", 0, "content seed (default: from the clock)")
 		fl.StringArrayVar(&volumes, "volume", nil, "a replicated volume the guest uses (repeatable): its primary role follows the guest at a migration (needs --data-dir)")
 	} else {
 		rate, pattern, content = "0", "uniform", "random"
 	}
-	fl.Uint64Var(&seed, "seed", 0, "content seed (default: from the clock)")
-	fl.StringVar(&tlsf.dataDir, "data-dir", "", "node data dir whose cluster CA and node certificate authenticate migrations")
+	fl.StringVar(&tlsf.dataDir, "data-dir", "", "the data dir of the node the guest runs beside: its cluster CA and node certificate authenticate migrations, its control API moves the guest's volumes")
 	fl.StringVar(&tlsf.tlsDir, "tls-dir", "", "directory with ca.pem, cert.pem, key.pem (or a throw-away CA, with --insecure-self-signed)")
 	fl.BoolVar(&tlsf.insecure, "insecure-self-signed", false, "make or reuse a throw-away CA in --tls-dir (tests only: whoever reads the dir can impersonate either side)")
 	cmd.MarkFlagRequired("name")
