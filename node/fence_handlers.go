@@ -45,6 +45,8 @@ type FenceConfigView struct {
 	DelayBaseMs    int64              `json:"delay_base_ms"`
 	DelayMaxMs     int64              `json:"delay_max_ms"`
 	TotalTimeoutMs int64              `json:"total_timeout_ms"`
+	// Blocked are the network-fenced nodes.
+	Blocked []NetBlock `json:"blocked"`
 }
 
 // FenceDeviceView is a device for display: secret parameters are
@@ -62,7 +64,7 @@ type FenceReply struct {
 }
 
 func (d *Daemon) fenceView() FenceConfigView {
-	v := FenceConfigView{Devices: []FenceDeviceView{}, Levels: []FenceLevelConfig{}}
+	v := FenceConfigView{Devices: []FenceDeviceView{}, Levels: []FenceLevelConfig{}, Blocked: []NetBlock{}}
 	if f := d.config().Fence; f != nil {
 		for _, dev := range f.Devices {
 			r := dev.Redacted()
@@ -76,6 +78,7 @@ func (d *Daemon) fenceView() FenceConfigView {
 			v.Devices = append(v.Devices, dv)
 		}
 		v.Levels = append(v.Levels, f.Levels...)
+		v.Blocked = append(v.Blocked, f.Blocked...)
 		v.DelayBaseMs, v.DelayMaxMs, v.TotalTimeoutMs = f.DelayBaseMs, f.DelayMaxMs, f.TotalTimeoutMs
 	}
 	return v

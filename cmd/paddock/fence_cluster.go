@@ -155,6 +155,10 @@ the survivor. --total-timeout-ms bounds one fence operation (all levels).`,
 			for _, l := range rep.Config.Levels {
 				fmt.Printf("node %s level %d: %s\n", l.Node, l.Level, strings.Join(l.Devices, ", "))
 			}
+			for _, b := range rep.Config.Blocked {
+				fmt.Printf("node %s network-fenced since %s by %s: %s dropped (paddock unfence %s)\n", b.Node,
+					time.UnixMilli(b.SinceMs).Format(time.RFC3339), b.By, strings.Join(b.Addrs, ", "), b.Node)
+			}
 			fmt.Printf("\nthis node's lease: %s (may acknowledge writes: %v)\n", rep.HA.Lease.Phase, rep.HA.Lease.MayAck)
 			fmt.Println("\nhistory:")
 			tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)

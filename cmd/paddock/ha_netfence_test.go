@@ -30,9 +30,9 @@ import (
 
 // startFencedNode starts (or restarts) node i in its namespace with the
 // network fence on the namespace's eth0.
-func startFencedNode(t *testing.T, lab *netLab, nodes []*volNode, i int) {
+func startFencedNode(t *testing.T, lab *netLab, nodes []*volNode, i int, mode string) {
 	nodes[i].proc = testbin.Start(t, "ip", "netns", "exec", lab.hosts[i], testbin.Paddock(t), "node", "--data-dir", nodes[i].dir,
-		"--log-level", "debug", "--fence-interface", "eth0", "--metrics-addr", "127.0.0.1:9810")
+		"--log-level", "debug", "--fence-interface", "eth0", "--fence-mode", mode, "--metrics-addr", "127.0.0.1:9810")
 	nodes[i].proc.WaitFor(t, "network fence attached", 10*time.Second)
 	nodes[i].proc.WaitFor(t, "node started", 10*time.Second)
 }
@@ -70,15 +70,15 @@ func replicationPort(n *volNode) string {
 }
 
 // TestNetworkFenceBlocksUntilUnfence: h1 has a fence level (fence_dummy),
-// the survivors power-fence it, then block it.
-func TestNetworkFenceBlocksUntilUnfence(t *testing.T) { netFenceScenario(t, true) }
+// the survivors power-fence it, then block it (XDP).
+func TestNetworkFenceBlocksUntilUnfence(t *testing.T) { netFenceScenario(t, true, "xdp") }
 
 // TestNetworkFenceAfterLease: no fence device; the survivors wait out
-// h1's lease, then block it. h1 stays up the whole time (self-fenced),
-// so once its link is back only the filters keep it out.
-func TestNetworkFenceAfterLease(t *testing.T) { netFenceScenario(t, false) }
+// h1's lease, then block it (tcx). h1 stays up the whole time
+// (self-fenced), so once its link is back only the filters keep it out.
+func TestNetworkFenceAfterLease(t *testing.T) { netFenceScenario(t, false, "tcx") }
 
-func netFenceScenario(t *testing.T, powerFence bool) {
+func netFenceScenario(t *testing.T, powerFence bool, mode string) {
 	lab := newNetLab(t, 3)
 	testbin.Require(t, "fence_dummy", "qemu-io", "curl")
 	bin := testbin.Paddock(t)
@@ -90,12 +90,12 @@ func netFenceScenario(t *testing.T, powerFence bool) {
 	}
 	testbin.Run(t, 30*time.Second, "ip", "netns", "exec", lab.hosts[0], bin, "cluster", "create", "lab", "--data-dir", nodes[0].dir,
 		"--node-name", "h1", "--cluster-addr", nodes[0].addr, "--storage-addr", nodes[0].storage)
-	startFencedNode(t, lab, nodes, 0)
+	startFencedNode(t, lab, nodes, 0, mode)
 	for i := 1; i < len(nodes); i++ {
 		tok := strings.Fields(testbin.Run(t, 30*time.Second, bin, "cluster", "add-token", "--data-dir", nodes[0].dir))[0]
 		testbin.Run(t, 60*time.Second, "ip", "netns", "exec", lab.hosts[i], bin, "cluster", "join", nodes[0].addr, "--token", tok,
 			"--data-dir", nodes[i].dir, "--node-name", nodes[i].name, "--cluster-addr", nodes[i].addr, "--storage-addr", nodes[i].storage)
-		startFencedNode(t, lab, nodes, i)
+		startFencedNode(t, lab, nodes, i, mode)
 		nodes[0].waitStatus(t, fmt.Sprintf("%d members", i+1), 20*time.Second, members(i+1))
 	}
 	for _, n := range nodes {
@@ -207,7 +207,7 @@ func netFenceScenario(t *testing.T, powerFence bool) {
 		mu.Lock()
 		offAt = time.Time{}
 		mu.Unlock()
-		startFencedNode(t, lab, nodes, 0)
+		startFencedNode(t, lab, nodes, 0, mode)
 	}
 	assertBlocked := func(when string) {
 		t.Helper()
@@ -233,7 +233,7 @@ func netFenceScenario(t *testing.T, powerFence bool) {
 		other = 1
 	}
 	nodes[other].proc.Kill()
-	startFencedNode(t, lab, nodes, other)
+	startFencedNode(t, lab, nodes, other, mode)
 	for _, i := range []int{1, 2} {
 		nodes[i].waitStatus(t, "2 members after a survivor's restart", 30*time.Second, members(2))
 	}
@@ -257,6 +257,12 @@ func netFenceScenario(t *testing.T, powerFence bool) {
 	text, _ := testbin.RunErr(10*time.Second, bin, "status", "--data-dir", nodes[1].dir)
 	if !strings.Contains(text, "Fencing information") || !strings.Contains(text, "network") {
 		t.Errorf("paddock status shows no fencing:\n%s", text)
+	}
+	if s.Fencing.Filter.Mode != mode {
+		t.Errorf("h2's filter is attached with %s, want %s", s.Fencing.Filter.Mode, mode)
+	}
+	if show := testbin.Run(t, 10*time.Second, bin, "fence", "show", "--data-dir", nodes[2].dir); !strings.Contains(show, "node h1 network-fenced since") {
+		t.Errorf("fence show on h3 does not list h1's block:\n%s", show)
 	}
 	metrics := testbin.Run(t, 10*time.Second, "ip", "netns", "exec", lab.hosts[1], "curl", "-s", "http://127.0.0.1:9810/metrics")
 	for _, want := range []string{`paddock_fence_total{method="network",result="ok"}`, "paddock_fenced_nodes 1", "paddock_netfence_dropped_packets_total"} {
