@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/paddock-io/paddock/internal/batchconn"
 )
 
 // Limits of a peer connection.
@@ -95,16 +97,21 @@ func readFrameInto(r io.Reader, hdr []byte, pooled bool) (*Message, *[]byte, err
 type frameWriter struct {
 	mu      sync.Mutex
 	bw      *bufio.Writer
+	batch   batchconn.Batcher // below a TLS connection, or nil
 	waiting atomic.Int32
 	scratch []byte
 	err     error
 }
 
 func newFrameWriter(w io.Writer) *frameWriter {
-	return &frameWriter{bw: bufio.NewWriterSize(w, connBufferBytes)}
+	fw := &frameWriter{bw: bufio.NewWriterSize(w, connBufferBytes)}
+	if c, ok := w.(net.Conn); ok {
+		fw.batch = batchconn.Of(c)
+	}
+	return fw
 }
 
-func (fw *frameWriter) send(m *Message) error {
+func (fw *frameWriter) send(m *Message) (err error) {
 	fw.waiting.Add(1)
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -112,7 +119,16 @@ func (fw *frameWriter) send(m *Message) error {
 	if fw.err != nil {
 		return fw.err
 	}
-	var err error
+	if fw.batch != nil {
+		// The TLS records of this frame leave in one write (a large
+		// payload bypasses bw and goes to the TLS connection at once).
+		fw.batch.Begin()
+		defer func() {
+			if e := fw.batch.End(); e != nil && err == nil {
+				err, fw.err = e, e
+			}
+		}()
+	}
 	if fw.scratch, err = EncodeHeader(fw.scratch[:0], m); err != nil {
 		return err
 	}

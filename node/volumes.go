@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/paddock-io/paddock/blockrep"
+	"github.com/paddock-io/paddock/internal/batchconn"
 	"github.com/paddock-io/paddock/nbd"
 	"github.com/paddock-io/paddock/quorum/witness"
 )
@@ -350,7 +351,9 @@ func (m *volumeManager) serveReplication(ctx context.Context, ln net.Listener) {
 			return
 		}
 		go func() {
-			conn := tls.Server(raw, tcfg)
+			// batchconn below TLS: a frame's records go out in one
+			// write and come in through one buffer (internal/batchconn).
+			conn := tls.Server(batchconn.Wrap(raw, 0), tcfg)
 			hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			err := conn.HandshakeContext(hctx)
 			cancel()
@@ -408,8 +411,17 @@ func (m *volumeManager) dialPeer(ctx context.Context, peer blockrep.NodeID) (net
 			return nil
 		},
 	}
-	d := tls.Dialer{Config: tcfg}
-	return d.DialContext(ctx, "tcp", addr)
+	var nd net.Dialer
+	raw, err := nd.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	conn := tls.Client(batchconn.Wrap(raw, 0), tcfg)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return conn, nil
 }
 
 // Lookup implements nbd.Exports: every volume of the cluster is served

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/paddock-io/paddock/blockrep"
+	"github.com/paddock-io/paddock/internal/batchconn"
 )
 
 const inprocVolume = 9
@@ -96,7 +97,7 @@ func startInproc(tb testing.TB, dir string, n int, sizeBytes int64, useTLS bool)
 					return
 				}
 				if useTLS {
-					conn = tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{cert}})
+					conn = tls.Server(batchconn.Wrap(conn, 0), &tls.Config{Certificates: []tls.Certificate{cert}})
 				}
 				go func() {
 					var b [4]byte
@@ -116,7 +117,7 @@ func startInproc(tb testing.TB, dir string, n int, sizeBytes int64, useTLS bool)
 			return nil, err
 		}
 		if useTLS {
-			conn = tls.Client(conn, &tls.Config{InsecureSkipVerify: true})
+			conn = tls.Client(batchconn.Wrap(conn, 0), &tls.Config{InsecureSkipVerify: true})
 		}
 		if _, err := conn.Write(binary.BigEndian.AppendUint32(nil, 1)); err != nil {
 			conn.Close()
