@@ -99,7 +99,9 @@ func Start(t testing.TB, bin string, args ...string) *Proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			line := sc.Text()
@@ -115,6 +117,9 @@ func Start(t testing.TB, bin string, args ...string) *Proc {
 	go func() {
 		cmd.Wait()
 		pw.Close()
+		// done only once every line is queued: WaitFor must not see
+		// the exit before the last lines the process printed.
+		<-scanned
 		close(p.done)
 	}()
 	t.Cleanup(func() {
@@ -145,6 +150,19 @@ func (p *Proc) WaitFor(t testing.TB, re string, timeout time.Duration) []string 
 				return m
 			}
 		case <-p.done:
+			// Both cases may be ready at once: the lines still queued
+			// came before the exit.
+			for {
+				select {
+				case line := <-p.lines:
+					if m := rx.FindStringSubmatch(line); m != nil {
+						return m
+					}
+					continue
+				default:
+				}
+				break
+			}
 			t.Fatalf("process exited before printing %q:\n%s", re, p.Output())
 		case <-deadline:
 			t.Fatalf("no line matching %q within %v:\n%s", re, timeout, p.Output())
