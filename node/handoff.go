@@ -98,6 +98,9 @@ func handoffPlan(cfg *ClusterConfig, req HandoffRequest) (NodeConfig, []HandoffV
 	if !ok {
 		return NodeConfig{}, nil, nil, fmt.Errorf("no node named %q", req.Node)
 	}
+	if cfg.netBlockedID(to.ID) {
+		return NodeConfig{}, nil, nil, fmt.Errorf("node %q is network-fenced: run paddock unfence %s first", to.Name, to.Name)
+	}
 	var plan []HandoffVolume
 	var vols []VolumeConfig
 	for i, name := range req.Volumes {

@@ -36,4 +36,18 @@ func TestHandoffPlan(t *testing.T) {
 			t.Errorf("%+v: %v, want %q", c.req, err, c.want)
 		}
 	}
+	// A network-fenced node would be named primary and refuse to
+	// promote: the hand-off refuses it first.
+	blocked := netTestConfig(t)
+	blocked.Volumes = []VolumeConfig{{Name: "vm", ID: 1, SizeBytes: 1 << 20, Replicas: []uint32{1, 2, 3}, Primary: 1}}
+	blocked, err = withNetBlock(blocked, "n2", "n1", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := handoffPlan(blocked, HandoffRequest{Volumes: []string{"vm"}, Node: "n2"}); err == nil || !strings.Contains(err.Error(), "network-fenced") {
+		t.Fatalf("hand-off to a network-fenced node: %v", err)
+	}
+	if _, _, _, err := handoffPlan(blocked, HandoffRequest{Volumes: []string{"vm"}, Node: "n3"}); err != nil {
+		t.Fatalf("hand-off to n3: %v", err)
+	}
 }

@@ -198,6 +198,11 @@ func (d *Daemon) volumeHandlers(mux *http.ServeMux) {
 			if !slices.Contains(v.Replicas, n.ID) {
 				return nil, fmt.Errorf("node %q holds no replica of %q", req.Node, name)
 			}
+			if cur.netBlockedID(n.ID) {
+				// It would be named primary and refuse to promote: the
+				// volume would stall.
+				return nil, fmt.Errorf("node %q is network-fenced: run paddock unfence %s first", req.Node, req.Node)
+			}
 			next := cloneConfig(cur)
 			for i := range next.Volumes {
 				if next.Volumes[i].Name == name {

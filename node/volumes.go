@@ -265,6 +265,9 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 			}
 			if !mayPromote {
 				lv.promoteErr = "this node's lease is not held yet (it was inquorate or paused): it does not promote"
+				if cfg.netBlockedID(self) {
+					lv.promoteErr = "this node is network-fenced: it does not promote (paddock unfence it)"
+				}
 				continue
 			}
 			lv.promoting = true
