@@ -59,6 +59,10 @@ func serveControl(ctx context.Context, path string, h http.Handler) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
+		// The node stops: so do the processes it started for it.
+		if s, ok := h.(interface{ stopChildren() }); ok {
+			s.stopChildren()
+		}
 	}()
 	err = srv.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {

@@ -24,6 +24,9 @@ type ExpectedReply struct {
 func (d *Daemon) controlHandler() http.Handler {
 	mux := http.NewServeMux()
 	d.volumeHandlers(mux) // node/volume_handlers.go
+	// Guest receivers (node/guestrecv.go).
+	mux.HandleFunc("POST /v1/guests/receive", d.guestReceiveHandler)
+	mux.HandleFunc("GET /v1/guests", d.guestListHandler)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		d.mu.Lock()
 		s := d.status
@@ -99,7 +102,7 @@ func (d *Daemon) controlHandler() http.Handler {
 		}
 		writeJSONResponse(w, http.StatusOK, cfg)
 	})
-	return mux
+	return controlMux{Handler: mux, d: d}
 }
 
 // TokenReply carries a join token.
