@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -48,8 +49,10 @@ type campaign struct {
 	// the length of one.
 	faults     int
 	maxFaultMs int
-	clients    int
-	blocks     int64
+	// kinds are the faults the nemesis picks from (allFaults if empty).
+	kinds   []string
+	clients int
+	blocks  int64
 	// recoverTimeout bounds the wait for 3 members and UpToDate replicas
 	// after each fault and at the end.
 	recoverTimeout time.Duration
@@ -133,10 +136,49 @@ func (c *campaign) inject(round int, kind string) {
 // settle waits until every node sees 3 members and every replica is
 // UpToDate.
 func (c *campaign) settle(what string) {
+	deadline := time.Now().Add(c.recoverTimeout)
 	for _, n := range c.nodes {
-		n.waitStatus(c.t, fmt.Sprintf("%d members %s", len(c.nodes), what), c.recoverTimeout, members(len(c.nodes)))
+		for {
+			s, _ := n.status(c.t)
+			if members(len(c.nodes))(s) {
+				break
+			}
+			if time.Now().After(deadline) {
+				if crash := c.crash(); crash != "" {
+					c.t.Fatalf("%s; faults:\n%s", crash, joinLines(c.log))
+				}
+				c.dumpStacks()
+				c.t.Fatalf("%s: not %d members %s within %v; last status %+v; faults:\n%s", n.name, len(c.nodes), what, c.recoverTimeout, s.Quorum, joinLines(c.log))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 	c.nodes[0].waitUpToDate(c.t, c.volume, c.recoverTimeout)
+}
+
+// crash names a node whose process died of a panic, with the panic's
+// first lines ("" if none did).
+func (c *campaign) crash() string {
+	for _, n := range c.nodes {
+		out := n.proc.Output()
+		if i := strings.Index(out, "panic: "); i >= 0 && n.proc.Exited() {
+			end := min(len(out), i+1500)
+			return fmt.Sprintf("node %s crashed:\n%s", n.name, out[i:end])
+		}
+	}
+	return ""
+}
+
+// dumpStacks makes every node print its goroutines (SIGQUIT: the Go
+// runtime writes every stack to stderr and exits), so a node that hangs
+// shows where; the test prints the nodes' output when it fails.
+func (c *campaign) dumpStacks() {
+	for _, n := range c.nodes {
+		if n.proc != nil && !n.proc.Exited() {
+			n.proc.Cmd.Process.Signal(syscall.SIGQUIT)
+		}
+	}
+	time.Sleep(2 * time.Second) // let the runtime write the stacks
 }
 
 // run starts the clients, injects the faults, heals, reads back and
@@ -177,10 +219,14 @@ func (c *campaign) run(seed uint64) history.Result {
 
 	// The first rounds go through every kind once, in random order;
 	// later ones pick at random.
-	order := append([]string(nil), allFaults...)
+	kinds := c.kinds
+	if len(kinds) == 0 {
+		kinds = allFaults
+	}
+	order := append([]string(nil), kinds...)
 	c.rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 	for round := 1; round <= c.faults; round++ {
-		kind := allFaults[c.rng.IntN(len(allFaults))]
+		kind := kinds[c.rng.IntN(len(kinds))]
 		if round <= len(order) {
 			kind = order[round-1]
 		}
@@ -190,6 +236,9 @@ func (c *campaign) run(seed uint64) history.Result {
 	time.Sleep(time.Second) // writes after the last recovery too
 	stopClients()
 
+	if crash := c.crash(); crash != "" {
+		t.Fatalf("%s; faults:\n%s", crash, joinLines(c.log))
+	}
 	st := c.nodes[0].waitUpToDate(t, c.volume, c.recoverTimeout)
 	p := -1
 	for i, n := range c.nodes {
