@@ -47,6 +47,26 @@ import (
 //     voter could complete a promise quorum that misses the newest
 //     generation and elect a stale replica.
 //
+//  5. Read lease. A primary serves reads from its own copy for a while
+//     (the read lease) after each quorum answer, without asking anyone;
+//     so a new primary waits out that lease before it serves, lest an old
+//     one still serving reads miss its writes. The wait is skipped only
+//     when the old one said it stopped: a primary that steps down (the
+//     role moved by hand or with a migrating guest) first stops serving,
+//     then tells the voters "epoch E released" (MsgRelease). A voter
+//     marks its promise released only when the release comes from the
+//     node it promised that very epoch to, and forgets the mark when it
+//     restarts (it is kept in memory). A new primary skips the wait when
+//     every voter whose promise it counts said its previous promise was
+//     released (a voter that never promised anything counts as released:
+//     no primary holds a promise of it). Why that suffices: the last
+//     epoch that gathered a promise quorum (the only primary that may
+//     still serve; older ones were waited out or released in turn)
+//     shares a voter with the new quorum; that voter's previous promise
+//     is that epoch (a higher one would have to come from a candidate
+//     that failed its quorum, and such a candidate never serves, so never
+//     releases), and it was released.
+//
 // Why it holds: two quorums of one voter set intersect. Once a quorum
 // promised epoch E, any quorum a primary of an older epoch could gather
 // holds a voter that refuses it: it can get no write acknowledged and make
@@ -90,6 +110,10 @@ type VoterState struct {
 	// Blank: this voter was created again after losing its state; it
 	// knows no generation (rule 4 above).
 	Blank bool `json:"blank,omitempty"`
+	// Released is the epoch whose primary said it stepped down (rule 5);
+	// in memory only: a restarted voter does not know, and a new primary
+	// then waits out the read lease.
+	Released Epoch `json:"-"`
 }
 
 // Promise is a voter's answer to a prepare.
@@ -101,6 +125,9 @@ type Promise struct {
 	// Blank: the voter lost its state; the promise fences older epochs
 	// but says nothing about the generations.
 	Blank bool
+	// Released: the voter's previous promise was released by the primary
+	// it went to (rule 5).
+	Released bool
 }
 
 // Refusal says why a voter refused.
@@ -132,13 +159,36 @@ func (v *VoterState) promise(e Epoch) Promise {
 // candidates can pick the same epoch; only the first gets it.
 func (v *VoterState) PrepareFrom(e Epoch, from NodeID) (Promise, *Refusal) {
 	if e == v.Promised && from != 0 && from == v.PromisedTo {
+		// A repeat: whether the promise before was released is no
+		// longer known here, so it does not say so (the safe side).
 		return v.promise(e), nil
 	}
+	released := v.ReleasedNow()
 	p, ref := v.Prepare(e)
 	if ref == nil {
 		v.PromisedTo = from
+		p.Released = released
 	}
 	return p, ref
+}
+
+// ReleasedNow says whether the primary this voter's current promise went
+// to has released it (rule 5). A voter that never promised anything has
+// no primary to wait for: it cannot be the voter a serving primary's
+// quorum shares with the candidate's. A blank one does not know.
+func (v *VoterState) ReleasedNow() bool {
+	return !v.Blank && (v.Promised == 0 || v.Released == v.Promised)
+}
+
+// Release records that the primary of epoch e stepped down; only the
+// node the epoch was promised to can release it. It says whether the
+// release was taken.
+func (v *VoterState) Release(e Epoch, from NodeID) bool {
+	if e == 0 || e != v.Promised || from == 0 || from != v.PromisedTo {
+		return false
+	}
+	v.Released = e
+	return true
 }
 
 // StoreGen stores a new generation from the primary of epoch e.
@@ -188,6 +238,9 @@ type Decision struct {
 	// Members is the set of the candidate's first generation (epoch, 1):
 	// the members of the newest set that promised.
 	Members []NodeID
+	// LeaseReleased: every counted promise says its previous promise was
+	// released, so the candidate need not wait out a read lease (rule 5).
+	LeaseReleased bool
 }
 
 // Decide checks a candidate's promises: a quorum of the voters that
@@ -240,6 +293,10 @@ func Decide(self NodeID, voters []NodeID, e Epoch, promises []Promise) (Decision
 		}
 	}
 	slices.Sort(d.Members)
+	d.LeaseReleased = true
+	for _, p := range got {
+		d.LeaseReleased = d.LeaseReleased && p.Released
+	}
 	return d, nil
 }
 

@@ -86,6 +86,12 @@ type PrimaryConfig struct {
 	ResyncMaxBytesPerSecond int64
 	ResyncMinBytesPerSecond int64
 	Logger                  *slog.Logger
+	// AwaitRelease is how long the candidate waits, before it raises the
+	// epoch, for the serving primary to step down and release its epoch
+	// (epoch.go, rule 5), so it need not wait out the read lease. The
+	// node sets it for a planned move (every replica's node is up); 0
+	// for a failover, where the old primary cannot answer.
+	AwaitRelease time.Duration
 }
 
 // Peer states as the primary sees them.
@@ -143,6 +149,10 @@ type Primary struct {
 	wg       sync.WaitGroup
 	writes   atomic.Int64 // client writes, for the resync throttle
 	repaired atomic.Int64
+
+	// leaseSkipped: the promotion did not wait out a read lease, the
+	// previous primary had released its epoch (epoch.go, rule 5).
+	leaseSkipped bool
 
 	savedGen Gen // generation the bitmaps on disk were tracked through
 	// cleanStart: this node was the last primary of the current
@@ -258,7 +268,7 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 	// candidate that cannot reach a majority, or that is not up to date,
 	// stops here, before it raises the epoch and so deposes a serving
 	// primary for nothing.
-	if err := p.preVote(); err != nil {
+	if err := p.preVote(ctx); err != nil {
 		p.Close()
 		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
 	}
@@ -286,7 +296,8 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		for _, a := range p.broadcast(&Message{Type: MsgPrepare, Epoch: e}) {
 			switch a.Type {
 			case MsgPromise:
-				promises = append(promises, Promise{From: a.From, Epoch: e, Gen: a.Gen, Members: a.Members, Blank: a.Flags&FlagBlank != 0})
+				promises = append(promises, Promise{From: a.From, Epoch: e, Gen: a.Gen, Members: a.Members,
+					Blank: a.Flags&FlagBlank != 0, Released: a.Flags&FlagReleased != 0})
 				hot[a.From] = decodeExtents(a.Payload)
 			case MsgRefuse:
 				highest = max(highest, a.Epoch)
@@ -353,14 +364,19 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 	p.lastAck = time.Now()
 	// Wait out the previous primary's read lease (with a margin for
 	// clock rate differences) so it cannot serve reads of data this
-	// primary is about to change.
+	// primary is about to change; unless it released its epoch (rule 5).
+	leaseWait := cfg.ReadLease * (100 + readLeaseMarginPercent) / 100
+	if d.LeaseReleased {
+		leaseWait, p.leaseSkipped = 0, true
+	}
 	select {
-	case <-time.After(cfg.ReadLease * (100 + readLeaseMarginPercent) / 100):
+	case <-time.After(leaseWait):
 	case <-ctx.Done():
 		p.Close()
 		return nil, ctx.Err()
 	}
-	p.log.Info("promoted", "epoch", e, "generation", next, "members", fmt.Sprint(d.Members), "newest_before", d.Newest)
+	p.log.Info("promoted", "epoch", e, "generation", next, "members", fmt.Sprint(d.Members), "newest_before", d.Newest,
+		"lease_wait", leaseWait)
 	p.wg.Add(1)
 	go p.maintain()
 	return p, nil
@@ -368,17 +384,43 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 
 // preVote checks, without changing any voter, that a majority answers
 // and that this node is a member of the newest generation they report.
-func (p *Primary) preVote() error {
-	local := p.cfg.Local.Voter()
-	answers := []Promise{{From: p.cfg.Self, Epoch: 1, Gen: local.Gen, Members: local.Members, Blank: local.Blank}}
-	for _, a := range p.broadcast(&Message{Type: MsgPrepare, Flags: FlagQuery, Epoch: 1}) {
-		if a.Type == MsgPromise {
-			answers = append(answers, Promise{From: a.From, Epoch: 1, Gen: a.Gen, Members: a.Members, Blank: a.Flags&FlagBlank != 0})
+// With AwaitRelease it asks again, every releasePollInterval, until the
+// voters say the serving primary released its epoch or the time is up.
+func (p *Primary) preVote(ctx context.Context) error {
+	deadline := time.Now().Add(p.cfg.AwaitRelease)
+	for {
+		local := p.cfg.Local.Voter()
+		answers := []Promise{{From: p.cfg.Self, Epoch: 1, Gen: local.Gen, Members: local.Members, Blank: local.Blank, Released: local.ReleasedNow()}}
+		for _, a := range p.broadcast(&Message{Type: MsgPrepare, Flags: FlagQuery, Epoch: 1}) {
+			if a.Type == MsgPromise {
+				answers = append(answers, Promise{From: a.From, Epoch: 1, Gen: a.Gen, Members: a.Members,
+					Blank: a.Flags&FlagBlank != 0, Released: a.Flags&FlagReleased != 0})
+			}
+		}
+		d, err := Decide(p.cfg.Self, p.voters, 1, answers)
+		if err != nil || d.LeaseReleased || !time.Now().Before(deadline) {
+			return err
+		}
+		select {
+		case <-time.After(releasePollInterval):
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
-	_, err := Decide(p.cfg.Self, p.voters, 1, answers)
-	return err
 }
+
+// releasePollInterval spaces the pre-votes of a candidate awaiting a
+// release.
+const releasePollInterval = 10 * time.Millisecond
+
+// releaseTimeout bounds the release a stepping-down primary sends each
+// voter: a voter that does not answer in time only costs the next
+// primary the read-lease wait.
+const releaseTimeout = 500 * time.Millisecond
+
+// LeaseSkipped says whether the promotion skipped the read-lease wait
+// because the previous primary released its epoch.
+func (p *Primary) LeaseSkipped() bool { return p.leaseSkipped }
 
 func decodeExtents(b []byte) []int64 {
 	var out []int64
@@ -460,6 +502,37 @@ func (p *Primary) connectAll(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+}
+
+// release tells every voter it reaches, and this node's own replica,
+// that this primary's epoch is released. Called with writes drained and
+// nothing served any more.
+func (p *Primary) release() {
+	p.mu.Lock()
+	var targets []*peer
+	for _, pe := range p.peers {
+		if pe.link != nil && pe.link.alive() {
+			targets = append(targets, pe)
+		}
+	}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	var released atomic.Int32
+	for _, pe := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := &Message{Type: MsgRelease, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch}
+			if a, err := pe.link.call(m, releaseTimeout); err == nil && a.Type == MsgReleaseOK {
+				released.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if p.cfg.Local.Release(p.epoch, p.cfg.Self) {
+		released.Add(1)
+	}
+	p.log.Info("stepped down and released the epoch", "epoch", p.epoch, "voters_told", released.Load(), "voters", len(p.voters))
 }
 
 // broadcast sends a copy of m to every peer with a live link and returns
@@ -954,13 +1027,17 @@ func (p *Primary) ReadAt(b []byte, off int64) error {
 
 // confirm makes sure this primary still holds its epoch before serving a
 // read: within the read lease of the last quorum answer it does; after it
-// a flush round asks the members again.
+// a flush round asks the members again. A closed primary serves nothing
+// (StepDown releases its epoch right after closing).
 func (p *Primary) confirm() error {
 	p.mu.Lock()
-	dep, fresh := p.deposed, time.Since(p.lastAck) < p.cfg.ReadLease
+	dep, closed, fresh := p.deposed, p.closed, time.Since(p.lastAck) < p.cfg.ReadLease
 	p.mu.Unlock()
 	if dep != nil {
 		return ioErr(dep)
+	}
+	if closed {
+		return ioErr(errors.New("volume closed on this node"))
 	}
 	if fresh {
 		return nil
@@ -994,7 +1071,16 @@ func (p *Primary) repairBlock(blk int64) ([]byte, error) {
 }
 
 // Close stops serving; the replica stays open (the caller owns it).
-func (p *Primary) Close() error {
+func (p *Primary) Close() error { return p.shutdown(false) }
+
+// StepDown closes the primary for a planned move of the role and then
+// releases its epoch (epoch.go, rule 5): once the voters heard it, the
+// next primary need not wait out this one's read lease. Nothing is served
+// after the release: reads and writes see closed first, and the writes
+// in flight are drained before it is sent.
+func (p *Primary) StepDown() error { return p.shutdown(true) }
+
+func (p *Primary) shutdown(release bool) error {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -1006,6 +1092,9 @@ func (p *Primary) Close() error {
 	// the links close, so the bitmaps saved below are complete.
 	p.cancel()
 	p.barrier.Lock()
+	if release && p.epoch != 0 && p.Deposed() == nil {
+		p.release()
+	}
 	p.mu.Lock()
 	for _, pe := range p.peers {
 		if pe.link != nil {

@@ -148,6 +148,14 @@ func (r *Replica) Prepare(e Epoch, from NodeID) (Promise, *Refusal, error) {
 	return p, nil, nil
 }
 
+// Release records that the primary of epoch e (from) stepped down; kept
+// in memory only (epoch.go, rule 5).
+func (r *Replica) Release(e Epoch, from NodeID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.meta.Voter.Release(e, from)
+}
+
 // StoreGen stores a new generation, durably.
 func (r *Replica) StoreGen(e Epoch, g Gen, members []NodeID) (*Refusal, error) {
 	r.gate.Lock()
@@ -259,6 +267,9 @@ func (r *Replica) Handle(m *Message) *Message {
 			if v.Blank {
 				reply.Flags |= FlagBlank
 			}
+			if v.ReleasedNow() {
+				reply.Flags |= FlagReleased
+			}
 			return reply
 		}
 		p, ref, err := r.Prepare(m.Epoch, m.From)
@@ -272,9 +283,19 @@ func (r *Replica) Handle(m *Message) *Message {
 		if p.Blank {
 			reply.Flags |= FlagBlank
 		}
+		if p.Released {
+			reply.Flags |= FlagReleased
+		}
 		for _, e := range r.store.HotExtents() {
 			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, uint64(e))
 		}
+		return reply
+	case MsgRelease:
+		if !r.Release(m.Epoch, m.From) {
+			v := r.Voter()
+			return refuse(&Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("release of epoch %d by node %d: not the promise this voter holds", m.Epoch, m.From)})
+		}
+		reply.Type = MsgReleaseOK
 		return reply
 	case MsgStoreGen:
 		ref, err := r.StoreGen(m.Epoch, m.Gen, m.Members)

@@ -46,6 +46,8 @@ const (
 	MsgVerify                        // check the blocks of [Offset, Offset+Length) against their checksums
 	MsgVerifyOK                      // payload: the failing block numbers (u64 each)
 	MsgConfirm                       // to the witness: accept a write of Epoch in Gen (no data); answered with WriteOK
+	MsgRelease                       // the primary of Epoch stepped down and serves nothing more (epoch.go, rule 5)
+	MsgReleaseOK                     // the release was recorded
 	msgTypeEnd
 )
 
@@ -62,6 +64,9 @@ const (
 	// FlagBlank on a Promise: the replica lost its state and was created
 	// again; its promise fences but carries no knowledge (epoch.go, rule 4).
 	FlagBlank uint8 = 1 << 3
+	// FlagReleased on a Promise: the voter's previous promise was
+	// released by its primary (epoch.go, rule 5).
+	FlagReleased uint8 = 1 << 4
 )
 
 const (
@@ -175,7 +180,7 @@ func (m *Message) check() error {
 	if len(m.Members) > maxMembers {
 		return badf("%d members, at most %d", len(m.Members), maxMembers)
 	}
-	if m.Flags&^(FlagFUA|FlagSync|FlagQuery|FlagBlank) != 0 {
+	if m.Flags&^(FlagFUA|FlagSync|FlagQuery|FlagBlank|FlagReleased) != 0 {
 		return badf("unknown flags %#x", m.Flags)
 	}
 	if lim := payloadLimit(m.Type); len(m.Payload) > lim {
@@ -295,7 +300,7 @@ func Decode(frame []byte) (*Message, error) {
 
 func (t MsgType) String() string {
 	names := [...]string{"", "Prepare", "Promise", "Refuse", "StoreGen", "StoreGenOK", "Write", "WriteOK", "Zero", "Flush", "FlushOK",
-		"SyncWrite", "Read", "ReadOK", "Digest", "DigestOK", "Failed", "Verify", "VerifyOK", "Confirm"}
+		"SyncWrite", "Read", "ReadOK", "Digest", "DigestOK", "Failed", "Verify", "VerifyOK", "Confirm", "Release", "ReleaseOK"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}

@@ -116,6 +116,9 @@ func (w *WitnessVoters) Handle(m *Message) *Message {
 			if v.Blank {
 				reply.Flags |= FlagBlank
 			}
+			if v.ReleasedNow() {
+				reply.Flags |= FlagReleased
+			}
 			return reply
 		}
 		p, ref := v.PrepareFrom(m.Epoch, m.From)
@@ -130,6 +133,16 @@ func (w *WitnessVoters) Handle(m *Message) *Message {
 		if p.Blank {
 			reply.Flags |= FlagBlank
 		}
+		if p.Released {
+			reply.Flags |= FlagReleased
+		}
+		return reply
+	case MsgRelease:
+		// In memory only (epoch.go, rule 5): nothing to save.
+		if !v.Release(m.Epoch, m.From) {
+			return refuse(&Refusal{From: WitnessID, Promised: v.Promised, Reason: fmt.Sprintf("release of epoch %d by node %d: not the promise this voter holds", m.Epoch, m.From)})
+		}
+		reply.Type = MsgReleaseOK
 		return reply
 	case MsgStoreGen:
 		if ref := v.StoreGen(m.Epoch, m.Gen, m.Members); ref != nil {

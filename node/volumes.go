@@ -178,10 +178,16 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 	}
 	// Primaries are closed after the lock is released: Close drains the
 	// writes in flight, and route (every client request) needs the lock.
-	var toClose []*blockrep.Primary
+	var toClose, toStepDown []*blockrep.Primary
 	defer func() {
 		for _, p := range toClose {
 			p.Close()
+		}
+		// A planned move: the primary releases its epoch so the node
+		// taking over need not wait out its read lease (blockrep's
+		// epoch.go, rule 5).
+		for _, p := range toStepDown {
+			p.StepDown()
 		}
 	}()
 	m.mu.Lock()
@@ -240,7 +246,7 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 		switch {
 		case v.Primary != self && lv.primary != nil:
 			m.log.Info("primary role moved to another node; stepping down", "volume", v.Name, "to", v.Primary)
-			toClose = append(toClose, lv.primary)
+			toStepDown = append(toStepDown, lv.primary)
 			lv.primary = nil
 		case v.Primary == self && lv.primary != nil && lv.primary.Deposed() != nil:
 			// A newer epoch exists (another node promoted by hand
@@ -276,6 +282,11 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 	}
 }
 
+// awaitReleaseMs bounds a planned promotion's wait for the serving
+// primary's release; past it the promotion goes on and waits out the
+// read lease instead (about 600 ms).
+const awaitReleaseMs = 300
+
 func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
 	m.mu.Lock()
 	lv := m.vols[v.Name]
@@ -285,9 +296,21 @@ func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
 	if w := m.d.config().Quorum.Witness; w != nil && len(v.Replicas) == 2 {
 		witnessDial = m.dialWitness(w.Addr)
 	}
+	// A planned move (every replica's node is a member, so the one
+	// serving now is up and steps down as the configuration changes):
+	// wait a little for its release rather than its whole read lease. A
+	// failover (a replica's node is away) does not wait.
+	var awaitRelease time.Duration
+	m.d.mu.Lock()
+	members := slices.Clone(m.d.status.Quorum.Members)
+	m.d.mu.Unlock()
+	if !slices.ContainsFunc(v.Replicas, func(id uint32) bool { return !slices.Contains(members, id) }) {
+		awaitRelease = awaitReleaseMs * time.Millisecond
+	}
 	p, err := blockrep.Promote(ctx, blockrep.PrimaryConfig{
-		WitnessDial: witnessDial,
-		Self:        blockrep.NodeID(m.d.loaded.Identity.ID), VolumeID: v.ID, Replicas: replicaIDs(v), Local: r,
+		AwaitRelease: awaitRelease,
+		WitnessDial:  witnessDial,
+		Self:         blockrep.NodeID(m.d.loaded.Identity.ID), VolumeID: v.ID, Replicas: replicaIDs(v), Local: r,
 		Dial: m.dialPeer, RegionBytes: v.RegionBytes, OnNoQuorum: blockrep.OnNoQuorum(v.OnNoQuorum),
 		WriteQuorum: v.WriteQuorum, Logger: m.log.With("volume_name", v.Name),
 		ResyncMaxBytesPerSecond: v.ResyncMaxBytesPerSecond, ResyncMinBytesPerSecond: v.ResyncMinBytesPerSecond,
