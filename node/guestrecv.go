@@ -448,9 +448,8 @@ func (m *guestReceivers) stopAll() {
 		wg.Go(func() { m.stopChild(c) })
 	}
 	wg.Wait()
-	receiverManagersMu.Lock()
-	delete(receiverManagers, m.d)
-	receiverManagersMu.Unlock()
+	// The manager stays in receiverManagers, stopped: a request that
+	// arrives after the node stopped must not start a child nobody stops.
 }
 
 // receiveOn starts a receiver on the node named by req.Node: here, or
@@ -577,15 +576,8 @@ type controlMux struct {
 	d *Daemon
 }
 
-// stopChildren stops the node's receiver children, if it ever started one.
-func (c controlMux) stopChildren() {
-	receiverManagersMu.Lock()
-	m := receiverManagers[c.d]
-	receiverManagersMu.Unlock()
-	if m != nil {
-		m.stopAll()
-	}
-}
+// stopChildren stops the node's receiver children and refuses new ones.
+func (c controlMux) stopChildren() { c.d.guestReceivers().stopAll() }
 
 // tailBuffer keeps the last bytes written to it.
 type tailBuffer struct {

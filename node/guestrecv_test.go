@@ -1,7 +1,12 @@
 package node
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -118,5 +123,70 @@ func TestTailBuffer(t *testing.T) {
 	b.Write([]byte("789abc"))
 	if got := b.String(); got != "56789abc" {
 		t.Fatalf("tail %q", got)
+	}
+}
+
+// fakeReceiverDaemon is a daemon value with what the receiver manager
+// reads: its configuration, identity, data dir and logger.
+func fakeReceiverDaemon(t *testing.T) *Daemon {
+	cfg := &ClusterConfig{Nodes: []NodeConfig{{ID: 1, Name: "n1", ClusterAddr: "127.0.0.1:1", StorageAddr: "127.0.0.1:2"}}}
+	return &Daemon{dir: DataDir{Path: t.TempDir()}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		loaded: &Loaded{Identity: Identity{ID: 1, Name: "n1"}, Config: cfg}}
+}
+
+// TestGuestReceiverProcesses runs the manager with real child processes:
+// a shell script in place of paddock that prints the line a receiver
+// prints when it listens (then sleeps) is answered with its address and
+// listed; asking again answers the same one; stopAll ends it. A child that
+// fails before it listens is reported with the end of its stderr.
+func TestGuestReceiverProcesses(t *testing.T) {
+	d := fakeReceiverDaemon(t)
+	m := d.guestReceivers()
+	defer m.stopAll()
+	dir := t.TempDir()
+	listens := filepath.Join(dir, "listens.sh")
+	// $4 is the name, $8 the address: guest receive --name N --ram B --listen A ...
+	os.WriteFile(listens, []byte("#!/bin/sh\necho \"guest $4: waiting for a migration on $8 (quic and tcp)\"\nexec sleep 600\n"), 0o755)
+	m.exe = listens
+	ctx := context.Background()
+	r, err := m.receive(ctx, GuestReceiveRequest{Name: "g1", RAMBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != "waiting" || r.Node != "n1" || !strings.HasPrefix(r.Addr, "127.0.0.1:") || r.Pid == 0 ||
+		r.ControlSock != filepath.Join(d.dir.Path, "guests", "g1.sock") {
+		t.Fatalf("receiver: %+v", r)
+	}
+	again, err := m.receive(ctx, GuestReceiveRequest{Name: "g1", RAMBytes: 1 << 20})
+	if err != nil || !again.Reused || again.Pid != r.Pid {
+		t.Fatalf("asked again: %+v, %v", again, err)
+	}
+	if l := m.list(); len(l) != 1 || l[0].Pid != r.Pid {
+		t.Fatalf("list: %+v", l)
+	}
+	m.mu.Lock()
+	c := m.byName["g1"]
+	m.mu.Unlock()
+	m.stopAll()
+	select {
+	case <-c.done:
+	default:
+		t.Fatal("stopAll returned with the child alive")
+	}
+	if _, err := m.receive(ctx, GuestReceiveRequest{Name: "g2", RAMBytes: 1 << 20}); err == nil || !strings.Contains(err.Error(), "stopping") {
+		t.Fatalf("after stopAll: %v", err)
+	}
+
+	m2 := fakeReceiverDaemon(t).guestReceivers()
+	defer m2.stopAll()
+	fails := filepath.Join(dir, "fails.sh")
+	os.WriteFile(fails, []byte("#!/bin/sh\necho 'Error: keys/node.pem: no such file' >&2\nexit 1\n"), 0o755)
+	m2.exe = fails
+	_, err = m2.receive(ctx, GuestReceiveRequest{Name: "g1", RAMBytes: 1 << 20})
+	if err == nil || !strings.Contains(err.Error(), "exited before listening") || !strings.Contains(err.Error(), "keys/node.pem: no such file") {
+		t.Fatalf("failing child: %v", err)
+	}
+	if l := m2.list(); len(l) != 0 {
+		t.Fatalf("a failed child is listed: %+v", l)
 	}
 }

@@ -14,7 +14,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,7 +32,7 @@ var guestCmd = &cobra.Command{
 }
 
 func init() {
-	guestCmd.AddCommand(guestRunCmd(false), guestRunCmd(true), guestCheckCmd(), guestStatusCmd())
+	guestCmd.AddCommand(guestRunCmd(false), guestRunCmd(true), guestCheckCmd(), guestStatusCmd(), guestListCmd())
 	rootCmd.AddCommand(guestCmd)
 }
 
@@ -40,6 +42,7 @@ func guestRunCmd(receive bool) *cobra.Command {
 	var (
 		name, mem, listen, rate, pattern, content, sock string
 		incoming                                        bool
+		idleTimeout                                     time.Duration
 		seed                                            uint64
 		tlsf                                            migrationTLS
 		volumes                                         []string
@@ -67,6 +70,7 @@ guest goes on here with its volumes.
 With --incoming the process holds no guest yet: it listens on --listen (or
 --listen-migration) and becomes the guest when a migration commits. A failed
 migration is discarded and it waits again. "guest receive" is the same.
+--idle-timeout stops it when no migration has been under way for that long.
 
 "paddock migrate NAME --to ..." drives a migration through the control socket.`,
 		Args: cobra.NoArgs,
@@ -107,6 +111,9 @@ migration is discarded and it waits again. "guest receive" is the same.
 			if cfg.Seed == 0 {
 				cfg.Seed = uint64(time.Now().UnixNano())
 			}
+			if idleTimeout < 0 || (idleTimeout > 0 && !incoming) {
+				return errors.New("--idle-timeout is for a receiver (guest receive, or --incoming), and not negative")
+			}
 			if incoming && listen == "" {
 				return errors.New("receiving a migration needs --listen IP:PORT (or --listen-migration)")
 			}
@@ -126,7 +133,7 @@ migration is discarded and it waits again. "guest receive" is the same.
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			p := &guestProc{name: name, ramBytes: ramBytes, id: id, out: cmd.OutOrStdout(), exit: make(chan struct{}),
-				nodeDir: tlsf.dataDir, volumes: volumes}
+				nodeDir: tlsf.dataDir, volumes: volumes, idleTimeout: idleTimeout}
 			if len(volumes) > 0 {
 				// Fail now rather than at the first migration.
 				var vs []node.VolumeListEntry
@@ -149,7 +156,11 @@ migration is discarded and it waits again. "guest receive" is the same.
 		cmd.Long = `guest receive listens on --listen for a migration of a guest of --mem bytes
 of RAM and becomes that guest when the migration commits: the destination
 side of "paddock migrate", standalone. A migration that fails is discarded
-and it waits again. It is "guest run --incoming".`
+and it waits again. It is "guest run --incoming".
+
+A node starts one by itself for "paddock migrate NAME --to NODE" (with
+--idle-timeout, its data dir and a control socket in DATA-DIR/guests/);
+"paddock guest list --data-dir DIR" shows those.`
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&name, "name", "", "guest name")
@@ -158,6 +169,7 @@ and it waits again. It is "guest run --incoming".`
 	fl.StringVar(&listen, "listen-migration", "", "address to receive a migration on (with --incoming)")
 	fl.StringVar(&listen, "listen", "", "the same as --listen-migration")
 	fl.StringVar(&sock, "control-sock", "", "control socket (default /run/paddock/guest-NAME.sock)")
+	fl.DurationVar(&idleTimeout, "idle-timeout", 0, "with --incoming: stop when no migration has been under way for this long (0 = wait forever)")
 	if !receive {
 		fl.StringVar(&rate, "dirty-rate", "0", "bytes the writer dirties per second (K, M, G suffixes)")
 		fl.StringVar(&pattern, "pattern", "uniform", "where the writer writes: "+strings.Join(migrate.SynthPatterns, ", "))
@@ -186,13 +198,19 @@ type guestProc struct {
 	// nodeDir is the data dir of the node this guest runs on (its
 	// --data-dir), whose control API moves its volumes; "" without one.
 	nodeDir string
+	// idleTimeout: a receiver stops when no migration has been under
+	// way for this long; 0 = never.
+	idleTimeout time.Duration
 
 	mu      sync.Mutex
 	g       *migrate.SynthGuest
 	volumes []string // the guest's volumes; set by a migration in
-	state   string   // incoming, running, migrating, migrated
-	exit    chan struct{}
-	once    sync.Once
+	state   string   // incoming, receiving, running, migrating, migrated
+	// idleSince: when the receiver last started to wait (start, or the
+	// end of a failed incoming migration).
+	idleSince time.Time
+	exit      chan struct{}
+	once      sync.Once
 }
 
 func (p *guestProc) say(format string, args ...any) {
@@ -214,7 +232,10 @@ func (p *guestProc) run(ctx context.Context, cfg migrate.SynthConfig, incoming b
 
 	if incoming {
 		p.setState("incoming")
-		if err := p.receive(ctx, listen); err != nil {
+		if err := p.receive(ctx, listen); errors.Is(err, errReceiverIdle) {
+			p.say("no migration came within %v: stopping", p.idleTimeout)
+			return nil
+		} else if err != nil {
 			return err
 		}
 	} else {
@@ -249,8 +270,46 @@ func (p *guestProc) setState(s string) {
 	p.mu.Unlock()
 }
 
-// receive waits for a migration until one commits.
+// errReceiverIdle: the receiver's idle timeout passed.
+var errReceiverIdle = errors.New("receiver idle")
+
+// idleCheckMs spaces the receiver's checks of its idle timeout.
+const idleCheckMs = 250
+
+// receive waits for a migration until one commits (or, with an idle
+// timeout, until none has been under way for that long).
 func (p *guestProc) receive(ctx context.Context, listen string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p.mu.Lock()
+	p.idleSince = time.Now()
+	p.mu.Unlock()
+	var idleExpired atomic.Bool
+	if p.idleTimeout > 0 {
+		go func() {
+			t := time.NewTicker(idleCheckMs * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				p.mu.Lock()
+				// Only a receiver that waits is stopped: one in the
+				// middle of a migration lets it end first. A
+				// migration starting just as this fires fails before
+				// its commit, and the guest stays at its source.
+				idle := p.state == "incoming" && time.Since(p.idleSince) >= p.idleTimeout
+				p.mu.Unlock()
+				if idle {
+					idleExpired.Store(true)
+					cancel()
+					return
+				}
+			}
+		}()
+	}
 	// QUIC and TCP listen on the same port number (UDP and TCP).
 	lq, err := migrate.Listen(migrate.TransportQUIC, listen, p.id)
 	if err != nil {
@@ -275,6 +334,7 @@ func (p *guestProc) receive(ctx context.Context, listen string) error {
 					return nil, err
 				}
 				mem = m
+				p.setState("receiving")
 				return m.Bytes(), nil
 			},
 			Discard: func() {
@@ -282,6 +342,11 @@ func (p *guestProc) receive(ctx context.Context, listen string) error {
 					mem.Close()
 					mem = nil
 				}
+				p.mu.Lock()
+				if p.state == "receiving" {
+					p.state, p.idleSince = "incoming", time.Now()
+				}
+				p.mu.Unlock()
 			},
 			Resume: func(state []byte) error {
 				vols, inner, err := splitVolumeState(state)
@@ -302,6 +367,9 @@ func (p *guestProc) receive(ctx context.Context, listen string) error {
 		if err == nil {
 			p.say("resumed from a migration over %s: %d rounds, device state %d bytes, volumes %v", st.Transport, st.Rounds, st.StateBytes, p.status().Volumes)
 			return nil
+		}
+		if idleExpired.Load() {
+			return errReceiverIdle
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -433,7 +501,7 @@ func (p *guestProc) handle(ctx context.Context, c net.Conn) {
 func (p *guestProc) status() guestStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := guestStatus{Name: p.name, State: p.state, RAMBytes: p.ramBytes, Pid: os.Getpid(), Volumes: slices.Clone(p.volumes)}
+	st := guestStatus{Name: p.name, State: p.state, RAMBytes: p.ramBytes, Pid: os.Getpid(), Volumes: slices.Clone(p.volumes), NodeDir: p.nodeDir}
 	if p.g != nil {
 		st.Writes = p.g.Writes()
 		st.ThrottlePercent = p.g.ThrottlePercent()
@@ -630,5 +698,42 @@ func guestStatusCmd() *cobra.Command {
 		},
 	}
 	guestSocketFlag(cmd, &sock)
+	return cmd
+}
+
+func guestListCmd() *cobra.Command {
+	var dataDir string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list --data-dir DIR [--json]",
+		Short: "List the guest processes a node started (receivers of paddock migrate --to NODE)",
+		Long: `guest list shows the guest processes the node of --data-dir started as
+receivers for "paddock migrate NAME --to NODE": their address, their state
+(starting, waiting for a migration, running the guest that came in,
+migrated away) and their control socket, which "guest check NAME
+--control-sock PATH" takes. Guests started by hand are not listed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var rs []node.GuestReceiver
+			if err := node.NewControlClient(node.DataDir{Path: dataDir}, volumeTimeout).Call("GET", "/v1/guests", nil, &rs); err != nil {
+				return err
+			}
+			if asJSON {
+				b, _ := json.Marshal(rs)
+				fmt.Fprintln(cmd.OutOrStdout(), string(b))
+				return nil
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tADDR\tRAM\tPID\tSTARTED\tCONTROL SOCKET")
+			for _, r := range rs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Name, r.State, r.Addr, humanBytes(r.RAMBytes), r.Pid,
+					r.StartedAt.Format(time.RFC3339), r.ControlSock)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the node's data directory")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.MarkFlagRequired("data-dir")
 	return cmd
 }

@@ -126,13 +126,16 @@ type guestResponse struct {
 
 type guestStatus struct {
 	Name            string `json:"name"`
-	State           string `json:"state"` // running, incoming, migrating, migrated
+	State           string `json:"state"` // running, incoming, receiving, migrating, migrated
 	RAMBytes        int64  `json:"ram_bytes"`
 	Writes          uint64 `json:"writes"`
 	ThrottlePercent int    `json:"throttle_percent"`
 	Pid             int    `json:"pid"`
 	// Volumes the guest uses; they follow it at a migration.
 	Volumes []string `json:"volumes,omitempty"`
+	// NodeDir is the data dir of the node the guest runs beside (its
+	// --data-dir): "paddock migrate --to NODE" asks that node.
+	NodeDir string `json:"node_dir,omitempty"`
 }
 
 var guestNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -13,21 +14,22 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/paddock-io/paddock/migrate"
+	"github.com/paddock-io/paddock/node"
 )
 
 func init() {
 	var (
 		sock, to, toNode, transport, serverName, compress, bandwidth string
+		dataDir                                                      string
 		downtime, timeout, handoffTimeout                            time.Duration
 		streams, maxRounds, downtimeMs                               int
 		noAutoConverge, asJSON                                       bool
 	)
 	cmd := &cobra.Command{
-		Use:   "migrate NAME --to HOST:PORT [--to-node NODE] [--transport quic|tcp] [--downtime 100ms] [--timeout 10m] [--streams 8] [--compress auto] [--bandwidth 0] [--json]",
+		Use:   "migrate NAME --to NODE|HOST:PORT [--to-node NODE] [--transport quic|tcp] [--downtime 100ms] [--timeout 10m] [--streams 8] [--compress auto] [--bandwidth 0] [--json]",
 		Short: "Live-migrate a guest to a destination waiting for it",
 		Long: `migrate asks the guest process NAME (through its control socket) to move
-itself, running, to the destination at --to (a "paddock guest run --incoming"
-listening there): pre-copy rounds while it runs, then a pause of about
+itself, running, to the destination --to: pre-copy rounds while it runs, then a pause of about
 --downtime, a digest check and a two-phase commit. It shows a progress bar
 and ends with the stats; --json prints the stats as JSON instead. If the
 migration fails, or is interrupted (Ctrl-C), the guest keeps running where it
@@ -39,7 +41,22 @@ role of each volume moves to the destination's node (--to-node, or the node
 named by the destination's cluster certificate), and the migration waits
 until that node serves them. The time counts in the downtime and is shown
 as handoff_ms. If the hand-off fails the migration is cancelled and the
-guest keeps running here with its volumes primary where they were.`,
+guest keeps running here with its volumes primary where they were.
+
+--to NODE (a node name of the cluster) has that node start the receiving
+guest process itself: the guest's node (--data-dir, by default the one the
+guest was started with) asks NODE over the cluster's mutual-TLS peer API,
+NODE starts "paddock guest receive" with its own data dir on its migration
+address (its --migration-addr and the ports after it, else its storage IP
+at ports 7800-7863), and answers with the address once it listens; the
+guest's volumes go to NODE (--to-node is implied). A receiver that no
+migration uses stops after 2 minutes; one left waiting by a failed attempt
+is used again by the next. "paddock guest list --data-dir DIR" on NODE shows
+it and its control socket. Unknown or down nodes, and receivers that fail
+to start (with the end of their stderr), are reported before any RAM moves.
+
+--to HOST:PORT migrates to a receiver started by hand there ("paddock guest
+receive --listen HOST:PORT").`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := guestSock(args[0], sock)
@@ -59,6 +76,28 @@ guest keeps running here with its volumes primary where they were.`,
 				Streams: streams, Compress: compress, BandwidthBytesPerSecond: bw, HandoffTimeoutMs: handoffTimeout.Milliseconds(),
 				MaxRounds: maxRounds, NoAutoConverge: noAutoConverge,
 			}}
+			if _, _, err := net.SplitHostPort(to); err != nil {
+				// Not HOST:PORT: a node of the cluster, which starts the
+				// receiver. Check the request's other fields first, so
+				// that a bad flag starts no process there.
+				req.Migrate.To = "127.0.0.1:1"
+				b, _ := json.Marshal(req)
+				if _, err := parseGuestRequest(b); err != nil {
+					return err
+				}
+				rec, err := receiverOnNode(s, to, toNode, dataDir)
+				if err != nil {
+					return fmt.Errorf("migrate %s to node %s: %w; the guest keeps running here", args[0], to, err)
+				}
+				how := "started a receiver"
+				if rec.Reused {
+					how = "has a receiver waiting"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "node %s %s for %s at %s (pid %d, control socket %s)\n", rec.Node, how, rec.Name, rec.Addr, rec.Pid, rec.ControlSock)
+				req.Migrate.To, req.Migrate.ToNode = rec.Addr, rec.Node
+			} else if dataDir != "" {
+				return errors.New("--data-dir is for --to NODE: with --to HOST:PORT no node is asked")
+			}
 			b, _ := json.Marshal(req)
 			if _, err := parseGuestRequest(b); err != nil {
 				return err
@@ -126,8 +165,9 @@ guest keeps running here with its volumes primary where they were.`,
 	}
 	fl := cmd.Flags()
 	guestSocketFlag(cmd, &sock)
-	fl.StringVar(&to, "to", "", "destination HOST:PORT (a guest run --incoming)")
-	fl.StringVar(&toNode, "to-node", "", "the destination's node, where the guest's volumes move (default: the node named by the destination's certificate)")
+	fl.StringVar(&to, "to", "", "destination: a node of the cluster (it starts the receiver), or HOST:PORT of a guest receive started by hand")
+	fl.StringVar(&toNode, "to-node", "", "the destination's node, where the guest's volumes move (default: --to NODE, or the node named by the destination's certificate)")
+	fl.StringVar(&dataDir, "data-dir", "", "with --to NODE: the data dir of the node to ask (default: the guest's --data-dir)")
 	fl.DurationVar(&handoffTimeout, "handoff-timeout", defaultHandoffTimeout, "how long the destination's node may take to serve the guest's volumes before the hand-off is undone and the migration cancelled")
 	fl.StringVar(&serverName, "server-name", "", "name the destination's certificate must carry (default: HOST of --to)")
 	fl.StringVar(&transport, "transport", migrate.TransportQUIC, "quic or tcp")
@@ -142,6 +182,50 @@ guest keeps running here with its volumes primary where they were.`,
 	fl.BoolVar(&asJSON, "json", false, "print the final stats as JSON, no progress bar")
 	cmd.MarkFlagRequired("to")
 	rootCmd.AddCommand(cmd)
+}
+
+// receiverCallTimeout bounds asking the local node for a receiver on
+// another node: it forwards and waits for the child to listen (both
+// bounded inside the node).
+const receiverCallTimeout = 60 * time.Second
+
+// receiverOnNode asks a node for a receiver of the guest at sock on the
+// node named nodeName, through the node of dataDir (default: the guest's).
+func receiverOnNode(sock, nodeName, toNode, dataDir string) (node.GuestReceiver, error) {
+	if !guestNameRE.MatchString(nodeName) {
+		return node.GuestReceiver{}, fmt.Errorf("--to %q: neither HOST:PORT nor a node name", nodeName)
+	}
+	if toNode != "" && toNode != nodeName {
+		return node.GuestReceiver{}, fmt.Errorf("--to-node %s: the guest goes to node %s, its volumes must too", toNode, nodeName)
+	}
+	var st guestStatus
+	err := guestCall(sock, guestRequest{Op: "status"}, 10*time.Second, func(r guestResponse) error {
+		if r.Error != "" {
+			return errors.New(r.Error)
+		}
+		if r.Status != nil {
+			st = *r.Status
+		}
+		return nil
+	})
+	if err != nil {
+		return node.GuestReceiver{}, err
+	}
+	if st.State != "running" {
+		return node.GuestReceiver{}, fmt.Errorf("the guest is %s, not running", st.State)
+	}
+	if dataDir == "" {
+		dataDir = st.NodeDir
+	}
+	if dataDir == "" {
+		return node.GuestReceiver{}, errors.New("the guest runs beside no node (no --data-dir): give migrate --data-dir DIR of the node to ask")
+	}
+	var rec node.GuestReceiver
+	req := node.GuestReceiveRequest{Name: st.Name, RAMBytes: st.RAMBytes, Node: nodeName}
+	if err := node.NewControlClient(node.DataDir{Path: dataDir}, receiverCallTimeout).Call("POST", "/v1/guests/receive", req, &rec); err != nil {
+		return node.GuestReceiver{}, err
+	}
+	return rec, nil
 }
 
 // statsLine is the one-line summary a person reads.
