@@ -509,21 +509,21 @@ func (p *Primary) connectAll(ctx context.Context) {
 // nothing served any more.
 func (p *Primary) release() {
 	p.mu.Lock()
-	var targets []*peer
+	var links []*link // taken under the lock: dropLink clears pe.link
 	for _, pe := range p.peers {
 		if pe.link != nil && pe.link.alive() {
-			targets = append(targets, pe)
+			links = append(links, pe.link)
 		}
 	}
 	p.mu.Unlock()
 	var wg sync.WaitGroup
 	var released atomic.Int32
-	for _, pe := range targets {
+	for _, l := range links {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			m := &Message{Type: MsgRelease, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch}
-			if a, err := pe.link.call(m, releaseTimeout); err == nil && a.Type == MsgReleaseOK {
+			if a, err := l.call(m, releaseTimeout); err == nil && a.Type == MsgReleaseOK {
 				released.Add(1)
 			}
 		}()
@@ -544,19 +544,22 @@ func (p *Primary) broadcast(m *Message) []*Message {
 func (p *Primary) sendTo(m *Message, which func(*peer) bool) []*Message {
 	type res struct{ a *Message }
 	p.mu.Lock()
-	var targets []*peer
+	// The links are taken under the lock: dropLink clears pe.link, and a
+	// goroutine reading it later found nil (a paused primary crashed at
+	// its self-fence).
+	var targets []*link
 	for _, pe := range p.peers {
 		if pe.link != nil && pe.link.alive() && which(pe) {
-			targets = append(targets, pe)
+			targets = append(targets, pe.link)
 		}
 	}
 	p.mu.Unlock()
 	out := make(chan *Message, len(targets))
-	for _, pe := range targets {
+	for _, l := range targets {
 		go func() {
 			c := *m
 			c.Volume, c.From = p.cfg.VolumeID, p.cfg.Self
-			a, err := pe.link.call(&c, p.cfg.PeerTimeout)
+			a, err := l.call(&c, p.cfg.PeerTimeout)
 			if err != nil {
 				a = nil
 			}
@@ -746,6 +749,7 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 		e, g, members := p.epoch, p.gen, slices.Clone(p.members)
 		type target struct {
 			pe     *peer
+			link   *link // taken under the lock: dropLink clears pe.link
 			member bool
 		}
 		var targets []target
@@ -757,12 +761,12 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 			member := slices.Contains(members, pe.id)
 			if pe.noData {
 				if needWitness && pe.link != nil && pe.link.alive() && pe.state != PeerDown {
-					targets = append(targets, target{pe, false})
+					targets = append(targets, target{pe, pe.link, false})
 				}
 				continue
 			}
 			if pe.link != nil && pe.link.alive() && pe.state != PeerDown {
-				targets = append(targets, target{pe, member})
+				targets = append(targets, target{pe, pe.link, member})
 			} else if member {
 				lost = append(lost, pe.id)
 			} else {
@@ -789,7 +793,7 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 				if fua {
 					m.Flags |= FlagFUA
 				}
-				a, err := t.pe.link.call(m, p.cfg.PeerTimeout)
+				a, err := t.link.call(m, p.cfg.PeerTimeout)
 				switch {
 				case err != nil:
 					out <- res{id: t.pe.id}

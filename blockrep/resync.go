@@ -71,7 +71,12 @@ func (p *Primary) maintain() {
 // then catches up as a syncing replica and becomes a member again when it
 // has everything.
 func (p *Primary) rejoin(pe *peer) {
+	p.mu.Lock()
 	l := pe.link
+	p.mu.Unlock()
+	if l == nil {
+		return
+	}
 	a, err := l.call(&Message{Type: MsgPrepare, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch}, p.cfg.PeerTimeout)
 	if err != nil {
 		return
