@@ -29,11 +29,11 @@ func init() {
 		Use:   "migrate NAME --to NODE|HOST:PORT [--to-node NODE] [--transport quic|tcp] [--downtime 100ms] [--timeout 10m] [--streams 8] [--compress auto] [--bandwidth 0] [--json]",
 		Short: "Live-migrate a guest to a destination waiting for it",
 		Long: `migrate asks the guest process NAME (through its control socket) to move
-itself, running, to the destination --to: pre-copy rounds while it runs, then a pause of about
---downtime, a digest check and a two-phase commit. It shows a progress bar
-and ends with the stats; --json prints the stats as JSON instead. If the
-migration fails, or is interrupted (Ctrl-C), the guest keeps running where it
-was. The exit status is 0 only when the guest runs on the destination.
+itself, running, to the destination --to: pre-copy rounds while it runs,
+then a pause of about --downtime, a digest check and a two-phase commit. It
+shows a progress bar and ends with the stats; --json prints the stats as
+JSON instead. If the migration fails, or is interrupted (Ctrl-C), the guest
+keeps running where it was. The exit status is 0 only when the guest runs on the destination.
 
 A guest started with --volume takes its volumes along: inside the pause,
 after the destination verified the RAM and before the commit, the primary

@@ -5,6 +5,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -41,7 +42,9 @@ func nodeGuests(t *testing.T, nd *volNode) []node.GuestReceiver {
 // with "--to n2" and no receiver started by hand: n2 starts one, the guest
 // runs on n2's side afterwards (consistent and writing, through the
 // control socket n2 gave it), the volume's primary is n2, and n2 lists the
-// guest as running. Before that, "--to n9" (no such node) fails clearly
+// guest as running. A first attempt that fails after n2 started the
+// receiver leaves the guest at the source and the receiver waiting, and
+// the second attempt uses it. Before that, "--to n9" (no such node) fails clearly
 // and the guest keeps running at the source; after it, "--to n3" with n3
 // down fails clearly and the guest keeps running on n2's side.
 func TestMigrateToNode(t *testing.T) {
@@ -63,12 +66,35 @@ func TestMigrateToNode(t *testing.T) {
 		}
 	}
 
-	out, err = testbin.RunErr(3*time.Minute, bin, "migrate", "g1", "--control-sock", src.sock, "--to", "n2", "--transport", "tcp", "--json")
+	// A migration that fails (its timeout passes at once) after n2
+	// started the receiver: the guest stays at the source, the receiver
+	// waits on, and the next attempt gets the same one.
+	out, err = testbin.RunErr(3*time.Minute, bin, "migrate", "g1", "--control-sock", src.sock, "--to", "n2", "--transport", "tcp", "--timeout", "1ms")
 	if err != nil && strings.Contains(out, "does not start guest receivers") {
 		t.Skipf("the peer API does not route POST /peer/v1/guests/receive yet (node/daemon.go servePeers must call d.guestPeerRoutes(mux)):\n%s", out)
 	}
+	if err == nil || !strings.Contains(out, "node n2 started a receiver for g1") {
+		t.Fatalf("migrate --to n2 --timeout 1ms: %v\n%s", err, out)
+	}
+	src.runsOn(t)
+	var waiting node.GuestReceiver
+	deadline := time.Now().Add(30 * time.Second)
+	for waiting.State != "waiting" {
+		if rs := nodeGuests(t, nodes[1]); len(rs) == 1 {
+			waiting = rs[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n2's receiver does not wait again: %+v", nodeGuests(t, nodes[1]))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	out, err = testbin.RunErr(3*time.Minute, bin, "migrate", "g1", "--control-sock", src.sock, "--to", "n2", "--transport", "tcp", "--json")
 	if err != nil {
 		t.Fatalf("migrate --to n2: %v\n%s", err, out)
+	}
+	if want := fmt.Sprintf("node n2 has a receiver waiting for g1 at %s (pid %d", waiting.Addr, waiting.Pid); !strings.Contains(out, want) {
+		t.Fatalf("the second attempt did not get the waiting receiver (%s):\n%s", want, out)
 	}
 	var st migrate.Stats
 	lastJSONLine(t, out, &st)
@@ -83,7 +109,7 @@ func TestMigrateToNode(t *testing.T) {
 		t.Fatal("the source guest process did not exit after the migration")
 	}
 	var dst *volumeGuestProc
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30 * time.Second)
 	for dst == nil {
 		for _, r := range nodeGuests(t, nodes[1]) {
 			if r.Name == "g1" && r.State == "running" && r.Node == "n2" {
