@@ -71,6 +71,10 @@ type ReplicaRow struct {
 	Generation     string `json:"generation"`
 	OutOfSyncBytes int64  `json:"out_of_sync_bytes,omitempty"`
 	ResentBytes    int64  `json:"resent_bytes,omitempty"`
+	// While it resyncs: the rate over the last seconds and the time left
+	// at that rate, as the primary sees them.
+	ResyncBytesPerSecond int64   `json:"resync_bytes_per_second,omitempty"`
+	ResyncETASeconds     float64 `json:"resync_eta_seconds,omitempty"`
 	Detail         string `json:"detail,omitempty"`
 }
 
@@ -378,6 +382,7 @@ func (d *Daemon) volumeStatus(ctx context.Context, name string) (VolumeStatus, e
 					continue
 				}
 				row.OutOfSyncBytes, row.ResentBytes = ps.OutOfSyncBytes, ps.ResentBytes
+				row.ResyncBytesPerSecond, row.ResyncETASeconds = ps.ResyncBytesPerSecond, ps.ResyncETASeconds
 				switch {
 				case ps.State == blockrep.PeerMember && ps.OutOfSyncBytes == 0:
 					row.State = "UpToDate"

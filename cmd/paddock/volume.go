@@ -34,6 +34,9 @@ quorum.`,
 	}
 	var dataDir string
 	var asJSON bool
+	// watch and watchInterval: volume status --watch.
+	var watch bool
+	var watchInterval time.Duration
 	addCommon := func(c *cobra.Command, withJSON bool) {
 		c.Flags().StringVar(&dataDir, "data-dir", "", "the local node's data directory")
 		c.MarkFlagRequired("data-dir")
@@ -141,28 +144,45 @@ smaller means less resent after an outage, more memory (one bit each).`,
 		Long: `status asks every replica's node and shows, per replica: its role
 (primary or secondary), its state (UpToDate, Syncing, Outdated, Unknown when
 its node does not answer), the epoch it promised, the generation it holds
-and, while it resyncs, how much is left.`,
+and, while it resyncs, how much is left, the resync rate over the last
+seconds and the time left at that rate (ETA).
+
+With --watch it shows the table again every --interval until every replica
+is UpToDate (or Ctrl-C): the way to follow a resync.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var st node.VolumeStatus
-			if err := client().Call("GET", "/v1/volumes/"+args[0], nil, &st); err != nil {
-				return err
+			if watchInterval <= 0 || watchInterval > time.Hour {
+				return fmt.Errorf("--interval %v: between 1ms and 1h", watchInterval)
 			}
-			if asJSON {
-				return printJSON(st)
+			for {
+				var st node.VolumeStatus
+				if err := client().Call("GET", "/v1/volumes/"+args[0], nil, &st); err != nil {
+					return err
+				}
+				if asJSON {
+					if err := printJSON(st); err != nil {
+						return err
+					}
+				} else {
+					printVolumeStatus(st)
+				}
+				if !watch || volumeUpToDate(st) {
+					return nil
+				}
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case <-time.After(watchInterval):
+				}
+				if !asJSON {
+					fmt.Println()
+				}
 			}
-			v := st.Volume
-			fmt.Printf("volume %s: %s, id %d, primary %s\n", v.Name, humanBytes(v.SizeBytes), v.ID, st.Primary)
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tEPOCH\tGENERATION\tOUT OF SYNC\tRESENT\tDETAIL")
-			for _, r := range st.Replicas {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Node, r.Role, r.State, r.Epoch, r.Generation,
-					humanBytes(r.OutOfSyncBytes), humanBytes(r.ResentBytes), r.Detail)
-			}
-			return tw.Flush()
 		},
 	}
 	addCommon(status, true)
+	status.Flags().BoolVar(&watch, "watch", false, "show the status again every --interval until every replica is UpToDate")
+	status.Flags().DurationVar(&watchInterval, "interval", time.Second, "time between two looks with --watch")
 	volCmd.AddCommand(status)
 
 	del := &cobra.Command{
@@ -286,4 +306,32 @@ weekly by default, at a limited rate).`
 	}
 
 	rootCmd.AddCommand(volCmd)
+}
+
+// printVolumeStatus prints one volume's status table.
+func printVolumeStatus(st node.VolumeStatus) {
+	v := st.Volume
+	fmt.Printf("volume %s: %s, id %d, primary %s\n", v.Name, humanBytes(v.SizeBytes), v.ID, st.Primary)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tSTATE\tEPOCH\tGENERATION\tOUT OF SYNC\tRESENT\tRATE\tETA\tDETAIL")
+	for _, r := range st.Replicas {
+		rate, eta := "-", "-"
+		if r.ResyncBytesPerSecond > 0 {
+			rate = humanBytes(r.ResyncBytesPerSecond) + "/s"
+			eta = (time.Duration(r.ResyncETASeconds * float64(time.Second))).Round(100 * time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.Role, r.State, r.Epoch, r.Generation,
+			humanBytes(r.OutOfSyncBytes), humanBytes(r.ResentBytes), rate, eta, r.Detail)
+	}
+	tw.Flush()
+}
+
+// volumeUpToDate says whether every replica of a status is UpToDate.
+func volumeUpToDate(st node.VolumeStatus) bool {
+	for _, r := range st.Replicas {
+		if r.State != "UpToDate" || r.OutOfSyncBytes != 0 {
+			return false
+		}
+	}
+	return len(st.Replicas) > 0
 }

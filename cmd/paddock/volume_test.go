@@ -162,6 +162,16 @@ func TestVolumeSecondaryKilledUnderFio(t *testing.T) {
 	if j := res.Jobs[0]; j.Error != 0 || j.Write.IOBytes < 64<<20 || j.Read.IOBytes == 0 {
 		t.Fatalf("fio: error %d, wrote %d, verified %d", j.Error, j.Write.IOBytes, j.Read.IOBytes)
 	}
+	// volume status --watch follows the resync and returns once every
+	// replica is UpToDate.
+	watched := testbin.Run(t, 90*time.Second, testbin.Paddock(t), "volume", "status", "vm", "--watch", "--interval", "100ms", "--data-dir", nodes[1].dir)
+	if testing.Verbose() {
+		t.Logf("volume status --watch:\n%s", watched)
+	}
+	last := watched[strings.LastIndex(watched, "volume vm:"):]
+	if !strings.Contains(last, "RATE") || !strings.Contains(last, "ETA") || strings.Count(last, "UpToDate") != 3 {
+		t.Fatalf("volume status --watch ended before every replica was UpToDate, or lacks RATE/ETA:\n%s", watched)
+	}
 	st = nodes[1].waitUpToDate(t, "vm", 60*time.Second)
 	var prim *node.ReplicaReport
 	for i := range st.Reports {
