@@ -75,7 +75,7 @@ type ReplicaRow struct {
 	// at that rate, as the primary sees them.
 	ResyncBytesPerSecond int64   `json:"resync_bytes_per_second,omitempty"`
 	ResyncETASeconds     float64 `json:"resync_eta_seconds,omitempty"`
-	Detail         string `json:"detail,omitempty"`
+	Detail               string  `json:"detail,omitempty"`
 }
 
 // VolumeStatus is the reply of GET /v1/volumes/{name}.
