@@ -11,7 +11,6 @@ package replbench
 import (
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"hash/crc32"
 	"io"
 	"net"
@@ -23,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/paddock-io/paddock/internal/batchconn"
+	"github.com/paddock-io/paddock/internal/testcert"
 )
 
 func BenchmarkFloor(b *testing.B) {
@@ -75,7 +75,7 @@ func BenchmarkFloor(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer ln.Close()
-			cert := selfSignedTLS(b)
+			cert, pool := testcert.SelfSigned(b, "bench")
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go func() {
@@ -106,9 +106,6 @@ func BenchmarkFloor(b *testing.B) {
 				c = batchconn.Wrap(c, 0)
 			}
 			if useTLS {
-				pool := x509.NewCertPool()
-				leaf, _ := x509.ParseCertificate(cert.Certificate[0])
-				pool.AddCert(leaf)
 				tc := tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "bench"})
 				if err := tc.Handshake(); err != nil {
 					b.Fatal(err)

@@ -11,17 +11,14 @@ package replbench
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
+
 	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
+
 	"net"
 	"os"
 	"path/filepath"
@@ -33,6 +30,7 @@ import (
 
 	"github.com/paddock-io/paddock/blockrep"
 	"github.com/paddock-io/paddock/internal/batchconn"
+	"github.com/paddock-io/paddock/internal/testcert"
 )
 
 const inprocVolume = 9
@@ -43,17 +41,8 @@ type inprocCluster struct {
 }
 
 func selfSignedTLS(tb testing.TB) tls.Certificate {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"bench"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	cert, _ := testcert.SelfSigned(tb, "bench")
+	return cert
 }
 
 // startInproc opens n replicas of one volume under dir, serves nodes 2..n

@@ -2,18 +2,14 @@ package batchconn
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
 	"sync/atomic"
 	"testing"
-	"time"
+
+	"github.com/paddock-io/paddock/internal/testcert"
 )
 
 // countingConn counts the writes that reach the connection.
@@ -27,28 +23,11 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-func testCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "t"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"t"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
-}
-
 // A TLS connection over a batching one: the handshake passes through
 // (no batch is open), a large write inside a batch reaches the socket in
 // one write instead of one per TLS record, and the bytes arrive intact.
 func TestTLSWriteInOneBatch(t *testing.T) {
-	cert, pool := testCert(t)
+	cert, pool := testcert.SelfSigned(t, "t")
 	a, b := net.Pipe()
 	counted := &countingConn{Conn: a}
 	const payloadBytes = 256 << 10
