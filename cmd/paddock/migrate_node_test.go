@@ -6,7 +6,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,6 +142,36 @@ func TestMigrateToNode(t *testing.T) {
 		t.Fatalf("migrate --to n3 (down): %v\n%s", err, out)
 	}
 	dst.runsOn(t)
+
+	// The guest process n2 started ends when n2 stops: by n2's orderly
+	// stop (SIGTERM here), and else by the kernel's parent-death signal.
+	pid := dst.status(t).Pid
+	nodes[1].proc.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-waitExited(nodes[1].proc):
+	case <-time.After(30 * time.Second):
+		t.Fatal("n2 did not stop on SIGTERM")
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for processAlive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest process %d n2 started outlived n2", pid)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// processAlive says whether pid runs (a zombie waiting to be reaped does
+// not).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
 
 // TestReceiverIdleTimeout: a receiver no migration uses stops by itself
