@@ -340,7 +340,9 @@ func (m *guestReceivers) start(req GuestReceiveRequest, nodeName, addr, sock str
 		"--listen", addr, "--data-dir", m.d.dir.Path, "--control-sock", sock,
 		"--idle-timeout", (time.Duration(req.IdleTimeoutMs) * time.Millisecond).String())
 	// Pdeathsig: the child is told to stop if the node dies without
-	// stopping it. Setpgid: a Ctrl-C meant for a node in a terminal
+	// stopping it. (The kernel ties it to the thread that forks; Go
+	// ends a thread only when a goroutine locked to it exits, and
+	// request handlers are not locked to theirs.) Setpgid: a Ctrl-C meant for a node in a terminal
 	// reaches the child through the node's orderly stop, not twice.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
@@ -487,7 +489,12 @@ func (d *Daemon) receiveOn(ctx context.Context, req GuestReceiveRequest) (GuestR
 	if err != nil {
 		return GuestReceiver{}, err
 	}
-	resp, err := d.conf.client.Do(hreq)
+	// Not the configuration messages' client: its 2 s bound is shorter
+	// than a child's start may take on a busy host.
+	tr := &http.Transport{TLSClientConfig: d.loaded.PKI.ClientTLS()}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Timeout: receiverPeerTimeoutMs * time.Millisecond, Transport: tr}
+	resp, err := client.Do(hreq)
 	if err != nil {
 		return GuestReceiver{}, fmt.Errorf("node %s is unreachable: %w", n.Name, err)
 	}
