@@ -39,6 +39,22 @@ type Decoder struct {
 	zdec     *zstd.Decoder
 	touched  *Bitmap // pages ApplyPages wrote, if set
 	skipZero bool    // RAM is fresh: zero run frames need no write
+	ramFd    int     // the memfd under the RAM given to ApplyPages, or -1
+}
+
+// SetRAMFile makes ApplyPages write raw run frames with pwrite on fd, the
+// memfd whose mapping is the RAM it is given (-1: through the mapping).
+// Filling a page of shmem from the kernel allocates it without zeroing it
+// first, where a write through the mapping faults it in zeroed (or needs
+// a populate that zeroes it) and then copies: measured here on a fresh
+// 256 MiB memfd in 1 MiB pieces, pwrite 3.0 GB/s against 0.48 GB/s for
+// MADV_POPULATE_WRITE then copy. The caller owns fd.
+func (d *Decoder) SetRAMFile(fd int) { d.ramFd = fd }
+
+// writesRawByFile says whether ApplyPages writes frame f with pwrite (it
+// then needs no populated pages).
+func (d *Decoder) writesRawByFile(f *Frame) bool {
+	return d.ramFd >= 0 && f.Type == FramePages && f.Encoding == EncRaw
 }
 
 // SetSkipZero says whether the RAM under zero run frames is known to be
@@ -53,7 +69,7 @@ const decoderBufferBytes = 256 << 10
 // 0 until a Hello has been checked (then call SetRAMPages): page frames are
 // refused while it is 0.
 func NewDecoder(r io.Reader, ramPages uint64) *Decoder {
-	return &Decoder{r: bufio.NewReaderSize(r, decoderBufferBytes), ramPages: min(ramPages, MaxMemoryBytes/PageBytes)}
+	return &Decoder{r: bufio.NewReaderSize(r, decoderBufferBytes), ramPages: min(ramPages, MaxMemoryBytes/PageBytes), ramFd: -1}
 }
 
 // SetRAMPages sets the RAM size page indexes are checked against.
@@ -143,7 +159,12 @@ func (d *Decoder) ApplyPages(f *Frame, ram []byte) (PageStats, error) {
 		return st, nil
 	}
 	dst := ram[f.Index*PageBytes : (f.Index+uint64(f.Count))*PageBytes]
-	if err := d.decodeInto(f.Encoding, dst, f.Payload); err != nil {
+	if d.writesRawByFile(f) {
+		// checkPageHeader made the length exactly count pages.
+		if err := pwriteFull(d.ramFd, f.Payload, int64(f.Index)*PageBytes); err != nil {
+			return st, err
+		}
+	} else if err := d.decodeInto(f.Encoding, dst, f.Payload); err != nil {
 		return st, err
 	}
 	st.Pages = uint64(f.Count)

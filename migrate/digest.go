@@ -72,6 +72,28 @@ func (d *RAMDigest) UpdateChunk(ram []byte, c int) {
 	d.crcs[c] = crc32.Checksum(ram[c*DigestChunkBytes:end], castagnoli)
 }
 
+// UpdateChunkFile rehashes chunk c reading it with pread from fd, the memfd
+// under the RAM, into buf (at least DigestChunkBytes). Reading through the
+// mapping instead faults in every page not mapped yet (the destination
+// writes raw pages with pwrite, see Decoder.SetRAMFile); measured here on
+// 256 MiB in 1 MiB pieces, pwrite then read through the mapping ran at
+// 0.23 GB/s, pwrite then pread at 2.4 GB/s.
+func (d *RAMDigest) UpdateChunkFile(fd int, c int, buf []byte) error {
+	n := min(DigestChunkBytes, d.ramBytes-c*DigestChunkBytes)
+	if len(buf) < n {
+		return fmt.Errorf("migrate: digest buffer of %d bytes for a chunk of %d", len(buf), n)
+	}
+	if err := preadFull(fd, buf[:n], int64(c)*DigestChunkBytes); err != nil {
+		return err
+	}
+	d.crcs[c] = crc32.Checksum(buf[:n], castagnoli)
+	return nil
+}
+
+// SetChunk records crc, computed by the caller over chunk c's bytes as
+// they were read, as the chunk's checksum.
+func (d *RAMDigest) SetChunk(c int, crc uint32) { d.crcs[c] = crc }
+
 // UpdatePages rehashes every chunk holding a page set in pages, with up to
 // workers goroutines.
 func (d *RAMDigest) UpdatePages(ram []byte, pages *Bitmap, workers int) {

@@ -175,26 +175,56 @@ func (e *Encoder) WriteRun(index uint64, pages []byte) error {
 		n := min(len(pages), len(e.snap))
 		snap := e.snap[:n]
 		copy(snap, pages[:n])
-		count := n / PageBytes
-		for p := 0; p < count; {
-			zero := bytes.Equal(snap[p*PageBytes:(p+1)*PageBytes], zeroPage[:])
-			q := p + 1
-			for q < count && bytes.Equal(snap[q*PageBytes:(q+1)*PageBytes], zeroPage[:]) == zero {
-				q++
-			}
-			var err error
-			if zero {
-				err = e.writeZeroRun(index+uint64(p), q-p)
-			} else {
-				err = e.writeDataRun(index+uint64(p), snap[p*PageBytes:q*PageBytes])
-			}
-			if err != nil {
-				return err
-			}
-			p = q
+		if err := e.writeSnap(index, snap); err != nil {
+			return err
 		}
-		index += uint64(count)
+		index += uint64(n / PageBytes)
 		pages = pages[n:]
+	}
+	return nil
+}
+
+// WriteRunFile is WriteRun of count (1..MaxPagesPerFrame) pages read with
+// pread from fd, the memfd under the guest's RAM, at page index. It
+// returns the crc32c of the pages as read and sent (a RAMDigest chunk's
+// checksum when they are one chunk). pread copies the pages as WriteRun's
+// snapshot does, but never faults in pages that are not mapped (a guest
+// just received with pwrite has none mapped), and faults cost more than
+// the copy here (see RAMDigest.UpdateChunkFile).
+func (e *Encoder) WriteRunFile(fd int, index uint64, count int) (uint32, error) {
+	if count < 1 || count > MaxPagesPerFrame {
+		return 0, fmt.Errorf("migrate: WriteRunFile of %d pages, want 1..%d", count, MaxPagesPerFrame)
+	}
+	if err := e.flushBatch(); err != nil {
+		return 0, err
+	}
+	snap := e.snap[:count*PageBytes]
+	if err := preadFull(fd, snap, int64(index)*PageBytes); err != nil {
+		return 0, err
+	}
+	return crc32.Checksum(snap, castagnoli), e.writeSnap(index, snap)
+}
+
+// writeSnap sends snap, a private copy of the pages from page index, as
+// runs of zero and data frames.
+func (e *Encoder) writeSnap(index uint64, snap []byte) error {
+	count := len(snap) / PageBytes
+	for p := 0; p < count; {
+		zero := bytes.Equal(snap[p*PageBytes:(p+1)*PageBytes], zeroPage[:])
+		q := p + 1
+		for q < count && bytes.Equal(snap[q*PageBytes:(q+1)*PageBytes], zeroPage[:]) == zero {
+			q++
+		}
+		var err error
+		if zero {
+			err = e.writeZeroRun(index+uint64(p), q-p)
+		} else {
+			err = e.writeDataRun(index+uint64(p), snap[p*PageBytes:q*PageBytes])
+		}
+		if err != nil {
+			return err
+		}
+		p = q
 	}
 	return nil
 }

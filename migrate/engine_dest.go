@@ -353,6 +353,11 @@ func (d *dest) receive(ctx context.Context, conn Conn, enc *Encoder, dec *Decode
 	}
 }
 
+// destRAMByFile lets benchmarks compare writing raw frames into the
+// memfd with pwrite (Decoder.SetRAMFile) against writing through the
+// mapping; always true otherwise.
+var destRAMByFile = true
+
 // readPages applies one page stream's frames to RAM. At each RoundEnd it
 // rehashes the digest chunks the round wrote (they belong to this stream:
 // see chunkPages), reports, and waits for the round's acknowledgement.
@@ -360,6 +365,16 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 	send func(destEvent) bool, cont, quit chan struct{}) {
 	dec := NewDecoder(ps, ramPages)
 	defer dec.Close()
+	fd := -1
+	if destRAMByFile {
+		fd = ramFile(d.ram)
+	}
+	var chunkBuf []byte
+	if fd >= 0 {
+		defer closeRAMFile(fd)
+		dec.SetRAMFile(fd)
+		chunkBuf = make([]byte, DigestChunkBytes)
+	}
 	touched := NewBitmap(int(ramPages))
 	dec.SetTouched(touched)
 	// Round 0 writes into fresh RAM: zero pages are there already.
@@ -377,7 +392,7 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 		}
 		switch f.Type {
 		case FramePages:
-			if populate && !(f.Encoding == EncZero && round0) {
+			if populate && !(f.Encoding == EncZero && round0) && !dec.writesRawByFile(f) {
 				// Allocate a chunk's pages in one call before its
 				// first write rather than one fault per page.
 				last := f.Index
@@ -410,7 +425,15 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 					send(destEvent{stream: i, err: corrupt("page %d arrived on stream %d, belongs to %d", p, i, StreamOf(uint64(p), streams))})
 					return
 				}
-				digest.UpdateChunk(d.ram, c)
+				if fd >= 0 {
+					// Read as it is now in RAM, not as it came.
+					if err := digest.UpdateChunkFile(fd, c, chunkBuf); err != nil {
+						send(destEvent{stream: i, err: err})
+						return
+					}
+				} else {
+					digest.UpdateChunk(d.ram, c)
+				}
 				p = touched.NextSet((c + 1) * chunkPages)
 			}
 			touched.Reset()

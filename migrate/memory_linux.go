@@ -80,7 +80,84 @@ func mapMemory(fd int, sizeBytes int64) (*Memory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("migrate: mmap %d bytes: %w", sizeBytes, err)
 	}
-	return &Memory{fd: fd, sizeBytes: sizeBytes, data: data}, nil
+	m := &Memory{fd: fd, sizeBytes: sizeBytes, data: data}
+	mapped.Lock()
+	mapped.m[&data[0]] = m
+	mapped.Unlock()
+	return m, nil
+}
+
+// mapped finds a Memory from its primary mapping: the destination is given
+// RAM as a byte slice (DestOptions.PrepareRAM), and when that slice is a
+// Memory's it writes raw pages with pwrite on the memfd (see ramFile).
+var mapped = struct {
+	sync.Mutex
+	m map[*byte]*Memory
+}{m: map[*byte]*Memory{}}
+
+// ramFile returns a duplicate of the memfd whose primary mapping is
+// exactly ram, or -1. The duplicate keeps the file alive if the Memory is
+// closed meanwhile (writes then go to a discarded file, never to whatever
+// reuses the descriptor number); the caller closes it.
+func ramFile(ram []byte) int {
+	if len(ram) == 0 {
+		return -1
+	}
+	mapped.Lock()
+	m := mapped.m[&ram[0]]
+	mapped.Unlock()
+	if m == nil {
+		return -1
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || int64(len(ram)) != m.sizeBytes {
+		return -1
+	}
+	fd, err := unix.FcntlInt(uintptr(m.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+}
+
+// closeRAMFile closes a descriptor from ramFile.
+func closeRAMFile(fd int) { unix.Close(fd) }
+
+// preadFull fills b from offBytes of fd.
+func preadFull(fd int, b []byte, offBytes int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pread(fd, b, offBytes)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("migrate: pread from guest RAM: %w", err)
+		}
+		if n == 0 {
+			return fmt.Errorf("migrate: pread from guest RAM: end of file at %d", offBytes)
+		}
+		b, offBytes = b[n:], offBytes+int64(n)
+	}
+	return nil
+}
+
+// pwriteFull writes all of b at offBytes of fd.
+func pwriteFull(fd int, b []byte, offBytes int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pwrite(fd, b, offBytes)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("migrate: pwrite to guest RAM: %w", err)
+		}
+		if n == 0 {
+			return fmt.Errorf("migrate: pwrite to guest RAM wrote nothing at %d", offBytes)
+		}
+		b, offBytes = b[n:], offBytes+int64(n)
+	}
+	return nil
 }
 
 // Bytes returns the primary mapping of the whole RAM.
@@ -127,6 +204,9 @@ func (m *Memory) Close() error {
 		return nil
 	}
 	m.closed = true
+	mapped.Lock()
+	delete(mapped.m, &m.data[0])
+	mapped.Unlock()
 	var first error
 	for _, v := range m.views {
 		if err := unix.Munmap(v); err != nil && first == nil {
