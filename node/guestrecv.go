@@ -527,6 +527,10 @@ func (d *Daemon) guestReceiveHandler(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	if err := checkGuestReceive(&req); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	out, err := d.receiveOn(r.Context(), req)
 	if err != nil {
 		writeError(w, http.StatusConflict, err)
@@ -561,6 +565,10 @@ func (d *Daemon) peerGuestReceiveHandler(w http.ResponseWriter, r *http.Request)
 		return
 	}
 	req.Node = ""
+	if err := checkGuestReceive(&req); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	out, err := d.guestReceivers().receive(r.Context(), req)
 	if err != nil {
 		writeError(w, http.StatusConflict, err)

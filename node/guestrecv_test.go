@@ -2,9 +2,13 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -188,5 +192,43 @@ func TestGuestReceiverProcesses(t *testing.T) {
 	}
 	if l := m2.list(); len(l) != 0 {
 		t.Fatalf("a failed child is listed: %+v", l)
+	}
+}
+
+// TestPeerGuestReceiveRefusals: the peer endpoint starts nothing for a
+// caller without a cluster certificate, for a request naming another
+// node, or for a malformed body.
+func TestPeerGuestReceiveRefusals(t *testing.T) {
+	d := fakeReceiverDaemon(t)
+	d.guestReceivers().exe = "/nonexistent/must-not-run"
+	call := func(body string, withCert bool) (int, string) {
+		r := httptest.NewRequest("POST", "/peer/v1/guests/receive", strings.NewReader(body))
+		if withCert {
+			cert := &x509.Certificate{Subject: pkix.Name{CommonName: "n2"}}
+			r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}, VerifiedChains: [][]*x509.Certificate{{cert}}}
+		}
+		w := httptest.NewRecorder()
+		d.peerGuestReceiveHandler(w, r)
+		return w.Code, w.Body.String()
+	}
+	for _, c := range []struct {
+		body     string
+		withCert bool
+		code     int
+		says     string
+	}{
+		{`{"name":"g1","ram_bytes":4096}`, false, 401, "certificate"},
+		{`{"name":"g1","ram_bytes":4096,"node":"n3"}`, true, 400, "not n3"},
+		{`{"name":"g1","ram_bytes":4096,"bogus":1}`, true, 400, "bogus"},
+		{`{"name":"../g1","ram_bytes":4096}`, true, 400, "guest name"},
+		{`{"name":"g1","ram_bytes":4096`, true, 400, "bad request"},
+	} {
+		code, body := call(c.body, c.withCert)
+		if code != c.code || !strings.Contains(body, c.says) {
+			t.Errorf("%s (cert %v): %d %s", c.body, c.withCert, code, body)
+		}
+	}
+	if l := d.guestReceivers().list(); len(l) != 0 {
+		t.Fatalf("children: %+v", l)
 	}
 }

@@ -321,6 +321,8 @@ func (p *guestProc) receive(ctx context.Context, listen string) error {
 		return err
 	}
 	defer lt.Close()
+	// node/guestrecv.go reads this line (and "resumed from a
+	// migration", "migrated to") to know a receiver it started listens.
 	p.say("waiting for a migration on %s (quic and tcp)", listen)
 	for {
 		var mem *migrate.Memory
