@@ -27,7 +27,7 @@ import (
 type Config struct {
 	SizesBytes         []int64
 	DirtyBytesPerSec   []int64
-	Patterns           []string // uniform, hotset
+	Patterns           []string // migrate.SynthPatterns: uniform, hotset, sequential
 	Contents           []string // random, halfzero
 	Transports         []string // quic, tcp
 	Reps               int
@@ -87,6 +87,13 @@ type sample struct {
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Reps < 1 || cfg.Streams < 1 || len(cfg.Transports) == 0 {
 		return nil, fmt.Errorf("migratebench: need reps, streams and transports")
+	}
+	for _, p := range cfg.Patterns {
+		// Refused before the first guest is built, not after a
+		// first configuration ran.
+		if !slices.Contains(migrate.SynthPatterns, p) {
+			return nil, fmt.Errorf("migratebench: pattern %q, want %s", p, strings.Join(migrate.SynthPatterns, ", "))
+		}
 	}
 	if cfg.Log == nil {
 		cfg.Log = io.Discard

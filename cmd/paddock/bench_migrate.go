@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/paddock-io/paddock/bench/migratebench"
+	"github.com/paddock-io/paddock/migrate"
 )
 
 func init() {
@@ -18,7 +19,7 @@ func init() {
 	var asJSON bool
 	var cpuProfile string
 	cmd := &cobra.Command{
-		Use:   "migrate [--sizes 1G,2G,4G] [--dirty-rates 0,50M,200M] [--patterns uniform,hotset] [--contents random,halfzero] [--transports quic,tcp] [--reps 3] [--json]",
+		Use:   "migrate [--sizes 1G,2G,4G] [--dirty-rates 0,50M,200M] [--patterns uniform,hotset,sequential] [--contents random,halfzero] [--transports quic,tcp] [--reps 3] [--json]",
 		Short: "Live migration of synthetic guests over QUIC and TCP on loopback",
 		Long: `bench migrate migrates synthetic guests (paddock guest run's workload) on
 loopback for every combination of size, dirty rate, write pattern and
@@ -74,7 +75,7 @@ read the same way, so 50M is 52.4 MB/s).`,
 	fl := cmd.Flags()
 	fl.StringSliceVar(&sizes, "sizes", []string{"1G", "2G", "4G"}, "guest RAM sizes")
 	fl.StringSliceVar(&rates, "dirty-rates", []string{"0", "50M", "200M"}, "dirty rates in bytes per second")
-	fl.StringSliceVar(&cfg.Patterns, "patterns", cfg.Patterns, "write patterns: uniform, hotset")
+	fl.StringSliceVar(&cfg.Patterns, "patterns", cfg.Patterns, "write patterns: "+strings.Join(migrate.SynthPatterns, ", "))
 	fl.StringSliceVar(&cfg.Contents, "contents", cfg.Contents, "contents: random, halfzero")
 	fl.StringSliceVar(&cfg.Transports, "transports", cfg.Transports, "transports: quic, tcp")
 	fl.IntVar(&cfg.Reps, "reps", cfg.Reps, "repetitions per configuration and transport (medians reported)")
