@@ -55,7 +55,8 @@ type haAgent struct {
 	history *fence.History
 
 	mu         sync.Mutex
-	lostAt     map[uint32]int64 // ms, when this node first saw it missing
+	lost       lostNodes
+	lostAt     map[uint32]int64 // ms, when this node first counted it lost (lost.lostAt)
 	fenced     map[uint32]bool
 	fencing    map[uint32]bool
 	lastFence  map[uint32]int64
@@ -75,9 +76,11 @@ func newHAAgent(m *volumeManager) (*haAgent, error) {
 	}
 	h := fence.NewHistory(0)
 	a := &haAgent{m: m, log: m.log.With("part", "ha"), lease: lease, history: h,
-		lostAt: map[uint32]int64{}, fenced: map[uint32]bool{}, fencing: map[uint32]bool{},
+		fenced: map[uint32]bool{}, fencing: map[uint32]bool{},
 		lastFence: map[uint32]int64{}, proposing: map[string]bool{},
 		netFencing: map[uint32]bool{}, netDone: map[uint32]bool{}}
+	a.lost = newLostNodes()
+	a.lostAt = a.lost.lostAt
 	a.fencer = fence.NewFencer(&fence.AgentRunner{Logger: a.log}, h, a.log)
 	return a, nil
 }
@@ -113,12 +116,11 @@ func (a *haAgent) tick(ctx context.Context) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !quorate {
-		// An inquorate node never acts; it forgets what it saw.
-		clear(a.lostAt)
-		return
-	}
 	cfg := d.config()
+	back := a.lost.observe(now, quorate, members, cfg.Nodes, cfg.TokenMs)
+	if !quorate {
+		return // an inquorate node never acts
+	}
 	self := d.loaded.Identity.ID
 	if cfg.netBlockedID(self) {
 		// This node is network-fenced (it learnt so from a node
@@ -128,15 +130,15 @@ func (a *haAgent) tick(ctx context.Context) {
 		clear(a.lostAt)
 		return
 	}
-	for _, n := range cfg.Nodes {
-		if slices.Contains(members, n.ID) {
-			delete(a.lostAt, n.ID)
-			delete(a.fenced, n.ID)
-			delete(a.netDone, n.ID)
-			continue
-		}
-		if _, ok := a.lostAt[n.ID]; !ok {
-			a.lostAt[n.ID] = now
+	for _, id := range back {
+		delete(a.fenced, id)
+		delete(a.netDone, id)
+		// A node that came back is fenced again at once if it is lost
+		// again (the retry spacing is for failed fences of one loss;
+		// before, a node killed within 5 s of its last fence was not
+		// fenced and its lease was waited out).
+		if !a.fencing[id] {
+			delete(a.lastFence, id)
 		}
 	}
 	// A takeover (made when no configuration change could commit) is
