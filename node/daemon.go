@@ -220,6 +220,7 @@ func (d *Daemon) servePeers(ctx context.Context, addr string) error {
 	mux.HandleFunc("POST /peer/v1/volumes/{id}/scrub", d.peerScrubHandler())
 	mux.HandleFunc("POST /peer/v1/volumes/{id}/discard", d.peerDiscardHandler())
 	mux.HandleFunc("POST /peer/v1/netfence", d.peerNetFenceHandler)
+	d.guestPeerRoutes(mux) // node/guestrecv.go: a peer asks this node to start a migration receiver
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("peer listener on %s: %w", addr, err)
