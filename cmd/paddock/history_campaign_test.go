@@ -22,6 +22,7 @@ import (
 
 	"github.com/paddock-io/paddock/internal/history"
 	"github.com/paddock-io/paddock/nbd"
+	"github.com/paddock-io/paddock/node"
 )
 
 // Fault kinds of the nemesis.
@@ -153,7 +154,34 @@ func (c *campaign) settle(what string) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	c.nodes[0].waitUpToDate(c.t, c.volume, c.recoverTimeout)
+	c.waitServing(what, deadline)
+}
+
+// waitServing waits until every replica is UpToDate and one of them
+// serves as primary (promoted, not only named in the configuration).
+func (c *campaign) waitServing(what string, deadline time.Time) node.VolumeStatus {
+	for {
+		st := c.nodes[0].volumeStatus(c.t, c.volume)
+		ok, serving := len(st.Replicas) > 0, false
+		for _, r := range st.Replicas {
+			ok = ok && r.State == "UpToDate" && r.OutOfSyncBytes == 0
+			serving = serving || (r.Role == "primary" && r.Node == st.Primary)
+		}
+		if ok && serving {
+			return st
+		}
+		if time.Now().After(deadline) {
+			var errs []string
+			for _, r := range st.Reports {
+				if r.PromoteErr != "" {
+					errs = append(errs, r.Node+": "+r.PromoteErr)
+				}
+			}
+			c.t.Fatalf("volume %s: no promoted primary with every replica UpToDate %s within %v: primary %q, replicas %+v, promotion errors %q; faults:\n%s",
+				c.volume, what, c.recoverTimeout, st.Primary, st.Replicas, errs, joinLines(c.log))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // crash names a node whose process died of a panic, with the panic's
@@ -239,7 +267,7 @@ func (c *campaign) run(seed uint64) history.Result {
 	if crash := c.crash(); crash != "" {
 		t.Fatalf("%s; faults:\n%s", crash, joinLines(c.log))
 	}
-	st := c.nodes[0].waitUpToDate(t, c.volume, c.recoverTimeout)
+	st := c.waitServing("at the end", time.Now().Add(c.recoverTimeout))
 	p := -1
 	for i, n := range c.nodes {
 		if n.name == st.Primary {
