@@ -184,7 +184,7 @@ func (cfg failoverConfig) logf(format string, args ...any) {
 
 // runFailoverMode runs the trials of one mode on a fresh cluster.
 func runFailoverMode(ctx context.Context, cfg failoverConfig, mode string) (failoverModeResult, error) {
-	res := failoverModeResult{Mode: mode, Runs: cfg.Runs}
+	res := failoverModeResult{Mode: mode, Runs: cfg.Runs, Violations: []string{}}
 	if mode == "fence" {
 		if _, err := exec.LookPath("fence_dummy"); err != nil {
 			return res, fmt.Errorf("mode fence needs fence_dummy (Debian's fence-agents): %w", err)
