@@ -40,9 +40,10 @@ type Decoder struct {
 	touched  *Bitmap // pages ApplyPages wrote, if set
 	skipZero bool    // RAM is fresh: zero run frames need no write
 	ramFd    int     // the memfd under the RAM given to ApplyPages, or -1
+	scratch  []byte  // pages decoded before they are written to ramFd
 }
 
-// SetRAMFile makes ApplyPages write raw run frames with pwrite on fd, the
+// SetRAMFile makes ApplyPages write pages with pwrite on fd, the
 // memfd whose mapping is the RAM it is given (-1: through the mapping).
 // Filling a page of shmem from the kernel allocates it without zeroing it
 // first, where a write through the mapping faults it in zeroed (or needs
@@ -51,10 +52,37 @@ type Decoder struct {
 // MADV_POPULATE_WRITE then copy. The caller owns fd.
 func (d *Decoder) SetRAMFile(fd int) { d.ramFd = fd }
 
-// writesRawByFile says whether ApplyPages writes frame f with pwrite (it
-// then needs no populated pages).
-func (d *Decoder) writesRawByFile(f *Frame) bool {
-	return d.ramFd >= 0 && f.Type == FramePages && f.Encoding == EncRaw
+// WritesByFile says whether ApplyPages writes pages with pwrite (they then
+// need no populated mapping).
+func (d *Decoder) WritesByFile() bool { return d.ramFd >= 0 }
+
+// writeFile writes pages decoded from enc and payload at page index of
+// the RAM file: raw payloads as they are, others decoded into a scratch
+// buffer first (deltas onto the page's current contents, read with pread).
+func (d *Decoder) writeFile(enc Encoding, index uint64, count int, payload []byte) error {
+	off := int64(index) * PageBytes
+	if enc == EncRaw {
+		if len(payload) != count*PageBytes {
+			return corrupt("raw payload of %d bytes for %d pages", len(payload), count)
+		}
+		return pwriteFull(d.ramFd, payload, off)
+	}
+	if d.scratch == nil {
+		d.scratch = make([]byte, MaxPagesPerFrame*PageBytes)
+	}
+	dst := d.scratch[:count*PageBytes]
+	if enc == EncDelta {
+		if err := checkDelta(payload); err != nil {
+			return err
+		}
+		if err := preadFull(d.ramFd, dst, off); err != nil {
+			return err
+		}
+		applyDelta(dst, payload)
+	} else if err := d.decodeInto(enc, dst, payload); err != nil {
+		return err
+	}
+	return pwriteFull(d.ramFd, dst, off)
 }
 
 // SetSkipZero says whether the RAM under zero run frames is known to be
@@ -159,9 +187,8 @@ func (d *Decoder) ApplyPages(f *Frame, ram []byte) (PageStats, error) {
 		return st, nil
 	}
 	dst := ram[f.Index*PageBytes : (f.Index+uint64(f.Count))*PageBytes]
-	if d.writesRawByFile(f) {
-		// checkPageHeader made the length exactly count pages.
-		if err := pwriteFull(d.ramFd, f.Payload, int64(f.Index)*PageBytes); err != nil {
+	if d.ramFd >= 0 {
+		if err := d.writeFile(f.Encoding, f.Index, int(f.Count), f.Payload); err != nil {
 			return st, err
 		}
 	} else if err := d.decodeInto(f.Encoding, dst, f.Payload); err != nil {
@@ -290,7 +317,11 @@ func (d *Decoder) applyBatch(f *Frame, ram []byte, st PageStats) (PageStats, err
 			return st, corrupt("batch record %d: encoding %s", k, enc)
 		}
 		dst := ram[page*PageBytes : (page+1)*PageBytes]
-		if enc == EncDelta {
+		if d.ramFd >= 0 {
+			if err := d.writeFile(enc, page, 1, data); err != nil {
+				return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
+			}
+		} else if enc == EncDelta {
 			if err := checkDelta(data); err != nil {
 				return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
 			}

@@ -392,7 +392,7 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 		}
 		switch f.Type {
 		case FramePages:
-			if populate && !(f.Encoding == EncZero && round0) && !dec.writesRawByFile(f) {
+			if populate && !(f.Encoding == EncZero && round0) && !dec.WritesByFile() {
 				// Allocate a chunk's pages in one call before its
 				// first write rather than one fault per page.
 				last := f.Index

@@ -91,6 +91,59 @@ func TestRAMFilePath(t *testing.T) {
 	if mapped.Sum() != dstDigest.Sum() {
 		t.Fatal("digest read with pread differs from the one read through the mapping")
 	}
+	// Later rounds: batches of scattered pages, as deltas, s2, zero and
+	// raw records, all written through the file.
+	enc2, _ := NewEncoder(&wire, EncoderOptions{Compression: CompressAuto, DeltaCacheBytes: 1 << 20})
+	var list []uint64
+	for p := 1; p < pages; p += 7 {
+		list = append(list, uint64(p))
+	}
+	if err := enc2.WritePages(src.Bytes(), list); err != nil { // fills the delta cache
+		t.Fatal(err)
+	}
+	for i, p := range list {
+		page := src.Page(int(p))
+		switch i % 4 {
+		case 0:
+			page[100] ^= 0xff // a delta
+		case 1:
+			clear(page)
+		case 2:
+			for j := range page {
+				page[j] = byte(j % 3) // compressible
+			}
+		case 3:
+			fillRAM(rng, page)
+		}
+	}
+	if err := enc2.WritePages(src.Bytes(), list); err != nil {
+		t.Fatal(err)
+	}
+	enc2.Flush()
+	if enc2.Stats().DeltaPages == 0 || enc2.Stats().S2Pages == 0 || enc2.Stats().ZeroPages == 0 {
+		t.Fatalf("the batches lack an encoding: %+v", enc2.Stats())
+	}
+	dec.SetSkipZero(false)
+	for {
+		f, err := dec.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dec.ApplyPages(f, dst.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(src.Bytes(), dst.Bytes()) {
+		t.Fatal("destination RAM differs from the source's after the batches")
+	}
+	for c := range dstDigest.Chunks() {
+		dstDigest.UpdateChunkFile(dfd, c, buf)
+		srcDigest.UpdateChunk(src.Bytes(), c)
+	}
+
 	// A wrong page in RAM shows in the digest read back from the file.
 	dst.Page(pages - 1)[0] ^= 1
 	if err := dstDigest.UpdateChunkFile(dfd, dstDigest.Chunks()-1, buf); err != nil {
