@@ -65,7 +65,11 @@ import (
 //     shares a voter with the new quorum; that voter's previous promise
 //     is that epoch (a higher one would have to come from a candidate
 //     that failed its quorum, and such a candidate never serves, so never
-//     releases), and it was released.
+//     releases), and it was released. A node fenced by the cluster (its
+//     power verified off, or inquorate past its self-fence lease) serves
+//     nothing either: the node acting for the cluster releases, on its
+//     behalf, every promise a voter holds for it (MsgRelease with
+//     FlagFenced), so a failover need not wait out the read lease.
 //
 // Why it holds: two quorums of one voter set intersect. Once a quorum
 // promised epoch E, any quorum a primary of an older epoch could gather
@@ -178,6 +182,17 @@ func (v *VoterState) PrepareFrom(e Epoch, from NodeID) (Promise, *Refusal) {
 // quorum shares with the candidate's. A blank one does not know.
 func (v *VoterState) ReleasedNow() bool {
 	return !v.Blank && (v.Promised == 0 || v.Released == v.Promised)
+}
+
+// ReleaseFenced records that node holder was fenced (powered off, or
+// self-fenced past its lease): the promise this voter holds for it, if
+// any, is released. It says whether there was one.
+func (v *VoterState) ReleaseFenced(holder NodeID) bool {
+	if holder == 0 || v.Promised == 0 || v.PromisedTo != holder {
+		return false
+	}
+	v.Released = v.Promised
+	return true
 }
 
 // Release records that the primary of epoch e stepped down; only the

@@ -2,8 +2,10 @@ package blockrep
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -164,5 +166,59 @@ func TestAwaitRelease(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A fence release acts only on promises held by the fenced node.
+func TestVoterReleaseFenced(t *testing.T) {
+	v := VoterState{ID: 1, HasData: true}
+	if v.ReleaseFenced(2) {
+		t.Fatal("a voter that never promised released something")
+	}
+	v.PrepareFrom(4, 2)
+	if v.ReleaseFenced(3) || v.ReleaseFenced(0) || v.Released != 0 {
+		t.Fatal("a fence release of another node released node 2's promise")
+	}
+	if !v.ReleaseFenced(2) || !v.ReleasedNow() {
+		t.Fatal("the fence release of node 2 did not release its promise")
+	}
+}
+
+// After the primary's node is gone and fenced, the node acting for the
+// cluster releases its promises: the next primary does not wait out the
+// read lease. Without the release it does.
+func TestReleaseFencedSkipsLease(t *testing.T) {
+	for _, release := range []bool{false, true} {
+		c := newTestCluster(t, 3, 4<<20)
+		p1, err := c.promote(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p1.WriteAt(bytes.Repeat([]byte{7}, 4096), 0, false); err != nil {
+			t.Fatal(err)
+		}
+		c.kill(1) // its node is gone (powered off)
+		p1.Close()
+		if release {
+			dials := map[NodeID]func(context.Context) (net.Conn, error){}
+			for _, id := range []NodeID{1, 3} {
+				dial := c.dialer(2)
+				dials[id] = func(ctx context.Context) (net.Conn, error) { return dial(ctx, id) }
+			}
+			c.mu.Lock()
+			local := c.nodes[2].rep
+			c.mu.Unlock()
+			if n := ReleaseFenced(context.Background(), 2, testVolume, 1, local, dials); n != 2 {
+				t.Fatalf("%d voters took the release, want 2 (nodes 2 and 3)", n)
+			}
+		}
+		p2, err := c.promote(2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p2.LeaseSkipped() != release {
+			t.Fatalf("release %v: lease skipped %v", release, p2.LeaseSkipped())
+		}
+		p2.Close()
 	}
 }

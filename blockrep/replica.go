@@ -291,6 +291,16 @@ func (r *Replica) Handle(m *Message) *Message {
 		}
 		return reply
 	case MsgRelease:
+		if m.Flags&FlagFenced != 0 {
+			if len(m.Members) != 1 {
+				return fail(fmt.Errorf("a fence release names one node, not %d", len(m.Members)))
+			}
+			r.mu.Lock()
+			r.meta.Voter.ReleaseFenced(m.Members[0])
+			r.mu.Unlock()
+			reply.Type = MsgReleaseOK
+			return reply
+		}
 		if !r.Release(m.Epoch, m.From) {
 			v := r.Voter()
 			return refuse(&Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("release of epoch %d by node %d: not the promise this voter holds", m.Epoch, m.From)})

@@ -67,6 +67,9 @@ const (
 	// FlagReleased on a Promise: the voter's previous promise was
 	// released by its primary (epoch.go, rule 5).
 	FlagReleased uint8 = 1 << 4
+	// FlagFenced on a Release: the node in Members (one) was fenced; the
+	// sender acts for the cluster and releases whatever that node holds.
+	FlagFenced uint8 = 1 << 5
 )
 
 const (
@@ -180,7 +183,7 @@ func (m *Message) check() error {
 	if len(m.Members) > maxMembers {
 		return badf("%d members, at most %d", len(m.Members), maxMembers)
 	}
-	if m.Flags&^(FlagFUA|FlagSync|FlagQuery|FlagBlank|FlagReleased) != 0 {
+	if m.Flags&^(FlagFUA|FlagSync|FlagQuery|FlagBlank|FlagReleased|FlagFenced) != 0 {
 		return badf("unknown flags %#x", m.Flags)
 	}
 	if lim := payloadLimit(m.Type); len(m.Payload) > lim {
@@ -219,13 +222,22 @@ func (m *Message) check() error {
 			return badf("%v of %d bytes", m.Type, m.Length)
 		}
 	}
-	if m.Type != MsgPromise && m.Type != MsgStoreGen && len(m.Members) != 0 {
+	fenceRelease := m.Type == MsgRelease && m.Flags&FlagFenced != 0
+	if m.Flags&FlagFenced != 0 && m.Type != MsgRelease {
+		return badf("%v cannot be a fence release", m.Type)
+	}
+	if fenceRelease && (len(m.Members) != 1 || m.Members[0] == 0) {
+		return badf("a fence release names one node, not %v", m.Members)
+	}
+	if m.Type != MsgPromise && m.Type != MsgStoreGen && !fenceRelease && len(m.Members) != 0 {
 		return badf("%v carries no members", m.Type)
 	}
 	if m.Offset+uint64(m.Length) < m.Offset {
 		return badf("offset %d + length %d overflows", m.Offset, m.Length)
 	}
-	if m.Epoch == 0 && m.Type != MsgRefuse && m.Type != MsgFailed {
+	// A fence release names a node, not an epoch: the sender does not
+	// know which epoch the fenced node holds at each voter.
+	if m.Epoch == 0 && m.Type != MsgRefuse && m.Type != MsgFailed && m.Type != MsgReleaseOK && !fenceRelease {
 		return badf("%v without an epoch", m.Type)
 	}
 	return nil

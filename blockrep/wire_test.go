@@ -27,6 +27,10 @@ func sampleMessages() []*Message {
 		{Type: MsgFailed, Volume: 7, From: 2, Seq: 48, Payload: []byte("input/output error")},
 		{Type: MsgVerify, Volume: 7, From: 1, Epoch: 9, Seq: 49, Offset: 0, Length: 1 << 20},
 		{Type: MsgVerifyOK, Volume: 7, From: 2, Epoch: 9, Seq: 49, Payload: make([]byte, 24)},
+		{Type: MsgRelease, Volume: 7, From: 1, Epoch: 9, Seq: 50},
+		{Type: MsgRelease, Flags: FlagFenced, Volume: 7, From: 2, Seq: 51, Members: []NodeID{1}},
+		{Type: MsgReleaseOK, Volume: 7, From: 3, Seq: 51},
+		{Type: MsgPromise, Flags: FlagReleased, Volume: 7, From: 3, Epoch: 10, Gen: Gen{9, 1}, Members: []NodeID{1, 3}},
 	}
 }
 
@@ -81,6 +85,12 @@ func TestWireRefusesMalformed(t *testing.T) {
 		{Type: MsgWriteOK, Epoch: 1, Payload: []byte("x")},
 		{Type: MsgVerify, Epoch: 1, Length: MaxVerifyBytes + 1},
 		{Type: MsgVerifyOK, Epoch: 1, Payload: []byte{1}},
+		{Type: MsgRelease},
+		{Type: MsgRelease, Epoch: 1, Members: []NodeID{1}},
+		{Type: MsgRelease, Flags: FlagFenced},
+		{Type: MsgRelease, Flags: FlagFenced, Members: []NodeID{1, 2}},
+		{Type: MsgRelease, Flags: FlagFenced, Members: []NodeID{0}},
+		{Type: MsgPrepare, Epoch: 1, Flags: FlagFenced},
 	}
 	for i, m := range bad {
 		if _, err := Encode(nil, m); !errors.Is(err, ErrBadMessage) {

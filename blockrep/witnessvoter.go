@@ -139,6 +139,14 @@ func (w *WitnessVoters) Handle(m *Message) *Message {
 		return reply
 	case MsgRelease:
 		// In memory only (epoch.go, rule 5): nothing to save.
+		if m.Flags&FlagFenced != 0 {
+			if len(m.Members) != 1 {
+				return fail(fmt.Errorf("a fence release names one node, not %d", len(m.Members)))
+			}
+			v.ReleaseFenced(m.Members[0])
+			reply.Type = MsgReleaseOK
+			return reply
+		}
 		if !v.Release(m.Epoch, m.From) {
 			return refuse(&Refusal{From: WitnessID, Promised: v.Promised, Reason: fmt.Sprintf("release of epoch %d by node %d: not the promise this voter holds", m.Epoch, m.From)})
 		}

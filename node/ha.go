@@ -254,6 +254,13 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 		time.Sleep(time.Second)
 		return
 	}
+	// The old primary's node is fenced (power verified off) or its lease
+	// has surely run out (it self-fenced): it serves nothing, so its
+	// promises are released and the new primary need not wait out its
+	// read lease (blockrep epoch.go, rule 5).
+	if n := a.m.releaseFenced(ctx, v, v.Primary); n > 0 {
+		a.log.Info("released the fenced primary's epoch at the voters", "volume", v.Name, "node", v.Primary, "voters", n)
+	}
 	pctx, cancel := context.WithTimeout(ctx, failoverProposeMs*time.Millisecond)
 	defer cancel()
 	_, err := d.conf.Propose(pctx, func(cur *ClusterConfig) (*ClusterConfig, error) {

@@ -400,6 +400,31 @@ func (m *volumeManager) serveReplication(ctx context.Context, ln net.Listener) {
 	}
 }
 
+// releaseFenced tells the volume's voters that node holder was fenced
+// (see blockrep.ReleaseFenced); it returns how many took it. Call it only
+// once holder surely serves nothing: its power verified off, or its
+// self-fence lease surely over.
+func (m *volumeManager) releaseFenced(ctx context.Context, v VolumeConfig, holder uint32) int {
+	self := m.d.loaded.Identity.ID
+	dials := map[blockrep.NodeID]func(context.Context) (net.Conn, error){}
+	for _, id := range v.Replicas {
+		if id == self || id == holder {
+			continue
+		}
+		dials[blockrep.NodeID(id)] = func(ctx context.Context) (net.Conn, error) { return m.dialPeer(ctx, blockrep.NodeID(id)) }
+	}
+	if w := m.d.config().Quorum.Witness; w != nil && len(v.Replicas) == 2 {
+		dials[blockrep.WitnessID] = m.dialWitness(w.Addr)
+	}
+	m.mu.Lock()
+	var local *blockrep.Replica
+	if lv := m.vols[v.Name]; lv != nil {
+		local = lv.replica
+	}
+	m.mu.Unlock()
+	return blockrep.ReleaseFenced(ctx, blockrep.NodeID(self), v.ID, blockrep.NodeID(holder), local, dials)
+}
+
 // dialPeer connects to a peer's replication service and checks that the
 // certificate on the other end is that node's.
 func (m *volumeManager) dialPeer(ctx context.Context, peer blockrep.NodeID) (net.Conn, error) {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,6 +63,18 @@ func TestFailoverFencesAndPromotes(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("new primary %s serving %.1f s after the kill", st.Primary, time.Since(killed).Seconds())
+	// The old primary was powered off (verified): its epoch was released
+	// at the voters, so the new one did not wait out a read lease.
+	promotedRE := regexp.MustCompile(`msg=promoted .*volume_name=vm .*epoch=2 .*lease_wait=(\S+)`)
+	var leaseWait string
+	for _, n := range nodes[1:] {
+		if m := promotedRE.FindStringSubmatch(n.proc.Output()); m != nil {
+			leaseWait = m[1]
+		}
+	}
+	if leaseWait != "0s" {
+		t.Fatalf("the new primary's read-lease wait after a verified power fence: %q, want 0s (the fenced primary's epoch is released)", leaseWait)
+	}
 	if b, _ := os.ReadFile(power); strings.TrimSpace(string(b)) != "off" {
 		t.Fatalf("fence_dummy's power file says %q, want off", b)
 	}
