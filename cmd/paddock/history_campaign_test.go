@@ -33,6 +33,9 @@ const (
 	faultRestartSecondary = "restart-secondary"
 )
 
+// maxShownOps bounds the operations a failed check prints.
+const maxShownOps = 400
+
 var allFaults = []string{faultKillPrimary, faultPartitionPrimary, faultPausePrimary, faultRestartSecondary}
 
 // campaign is one run: its cluster, clients and limits.
@@ -299,6 +302,21 @@ func (c *campaign) run(seed uint64) history.Result {
 	t.Logf("seed %d: %v; %d torn blocks; epochs claimed: %v", seed, res, torn, claims)
 	if !res.OK() {
 		t.Errorf("history check failed (seed %d); faults:\n%s", seed, joinLines(c.log))
+		// Every operation on the blocks in question, with wall-clock
+		// times to match the node logs below.
+		bad := map[int64]bool{}
+		for _, v := range res.Violations {
+			bad[v.Block] = true
+		}
+		origin := c.rec.Origin()
+		shown := 0
+		for _, o := range c.rec.Ops() {
+			if bad[o.Block] && shown < maxShownOps {
+				shown++
+				t.Logf("  %s  %s..%s", o, origin.Add(time.Duration(o.StartNs)).UTC().Format("15:04:05.000"),
+					origin.Add(time.Duration(o.EndNs)).UTC().Format("15:04:05.000"))
+			}
+		}
 		for _, n := range c.nodes {
 			for _, l := range haLineRE.FindAllString(n.proc.Output(), -1) {
 				t.Log(n.name + ": " + l)

@@ -125,6 +125,10 @@ func NewRecorder(maxOps int) *Recorder {
 	return &Recorder{origin: time.Now(), maxOps: maxOps}
 }
 
+// Origin is the wall-clock time of the recorder's zero, to match
+// operations with node logs.
+func (r *Recorder) Origin() time.Time { return r.origin }
+
 // Now is the recorder's clock: nanoseconds since NewRecorder.
 func (r *Recorder) Now() int64 { return int64(time.Since(r.origin)) }
 
