@@ -172,6 +172,16 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 	// it calls into the volume manager (tookOver), so asking it under
 	// m.mu would be a lock-order inversion (it deadlocked a node).
 	mayPromote := m.ha.mayPromote()
+	// A node whose configuration is older than one a peer announces does
+	// not promote on it: a node back from a fence (or a long partition)
+	// still named primary in its old configuration promoted itself and
+	// deposed the serving primary before it installed the new one (found
+	// by the network-fence test in CI).
+	var newerVersion uint64
+	for _, v := range m.d.peerVersions() {
+		newerVersion = max(newerVersion, v)
+	}
+	behind := newerVersion > cfg.Version
 	want := map[string]VolumeConfig{}
 	for _, v := range cfg.Volumes {
 		want[v.Name] = v
@@ -267,6 +277,10 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 		case v.Primary == self && lv.primary == nil && !lv.promoting && lv.replica != nil:
 			if !quorate {
 				lv.promoteErr = "this node's partition is not quorate: it does not promote"
+				continue
+			}
+			if behind {
+				lv.promoteErr = fmt.Sprintf("this node's configuration (version %d) is older than a member's (%d): it does not promote before it has caught up", cfg.Version, newerVersion)
 				continue
 			}
 			if !mayPromote {
