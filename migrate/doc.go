@@ -45,9 +45,23 @@
 //   - RAMDigest is a chunked digest of RAM that can be kept current
 //     incrementally.
 //
+//   - When guest RAM is a Memory's mapping, the engine moves it through the
+//     memfd instead of the mapping: the source's bulk pass preads each
+//     chunk into the encoder's snapshot (Encoder.WriteRunFile; the chunk's
+//     digest checksum is of the bytes as sent), the destination writes
+//     every page with pwrite (Decoder.SetRAMFile) and reads chunks back
+//     with pread for its digest (RAMDigest.UpdateChunkFile), so the
+//     digest still checks what RAM holds, not what arrived. On this VM
+//     page-table work (faults, MADV_POPULATE_WRITE) cost more than the
+//     copies themselves: filling a fresh memfd by pwrite ran 5-6x faster
+//     than populate then copy.
+//
 //   - Conn carries one control stream and N page streams, over QUIC or over
 //     parallel TLS/TCP connections, mutually authenticated by a CA
-//     (TLSIdentity; SelfSignedCA for tests and standalone use).
+//     (TLSIdentity; SelfSignedCA for tests and standalone use). On TCP each
+//     stream's TLS records are gathered into 256 KiB writes
+//     (internal/batchconn): crypto/tls writes each 16 KiB record with its
+//     own system call.
 //
 // What the engine must respect:
 //
