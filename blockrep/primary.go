@@ -473,36 +473,63 @@ func (p *Primary) dial(ctx context.Context, pe *peer) (net.Conn, error) {
 }
 
 // connectAll dials every peer that has no link and waits for the dials
-// (a promotion needs to know who it can reach).
+// (a promotion needs to know who it can reach), but not for the slowest:
+// once a quorum of the voters (this node counted) is connected it waits
+// connectGrace more and goes on. A dead or cut-off node's dial only ends
+// at dialTimeout (its SYNs go unanswered), which added 2 s to every
+// failover after a partition; a dial that ends later still leaves its
+// link for the maintenance loop (the peer rejoins and resyncs).
 func (p *Primary) connectAll(ctx context.Context) {
-	var wg sync.WaitGroup
+	done := make(chan bool, len(p.peers))
+	dials := 0
+	connected := 1 // this node
+	p.mu.Lock()
 	for _, pe := range p.peers {
-		p.mu.Lock()
-		up := pe.link != nil && pe.link.alive()
-		p.mu.Unlock()
-		if up {
+		if pe.link != nil && pe.link.alive() {
+			connected++
 			continue
 		}
-		wg.Add(1)
+		if pe.dialing {
+			continue
+		}
+		pe.dialing = true
+		dials++
 		go func() {
-			defer wg.Done()
-			conn, err := p.dial(ctx, pe)
-			if err != nil {
-				return
-			}
-			l := newLink(pe.id, conn)
+			conn, err := p.dial(p.ctx, pe)
 			p.mu.Lock()
-			if p.closed {
-				p.mu.Unlock()
-				l.close()
-				return
+			pe.dialing = false
+			ok := err == nil && !p.closed && (pe.link == nil || !pe.link.alive())
+			if ok {
+				pe.link = newLink(pe.id, conn)
+			} else if err == nil {
+				conn.Close()
 			}
-			pe.link = l
 			p.mu.Unlock()
+			done <- ok
 		}()
 	}
-	wg.Wait()
+	p.mu.Unlock()
+	var grace <-chan time.Time
+	for ; dials > 0; dials-- {
+		if grace == nil && connected >= Quorum(len(p.voters)) {
+			grace = time.After(connectGrace)
+		}
+		select {
+		case ok := <-done:
+			if ok {
+				connected++
+			}
+		case <-grace:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
+
+// connectGrace is how long a promotion waits for the other peers' dials
+// once a quorum of voters is connected.
+const connectGrace = 300 * time.Millisecond
 
 // release tells every voter it reaches, and this node's own replica,
 // that this primary's epoch is released. Called with writes drained and
