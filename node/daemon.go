@@ -45,6 +45,9 @@ type Daemon struct {
 	wit    *witnessLink // the witness client, while the configuration has a witness
 	nf     *netFenceState
 	hist   *fence.History // fence history of a node without an HA agent (no storage address)
+	// peerTr is the connection pool of peerCall (node/peercall.go).
+	peerOnce sync.Once
+	peerTr   *http.Transport
 }
 
 // Run starts the node of a data directory and runs until ctx ends.

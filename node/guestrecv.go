@@ -2,7 +2,6 @@ package node
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -482,36 +481,17 @@ func (d *Daemon) receiveOn(ctx context.Context, req GuestReceiveRequest) (GuestR
 	}
 	fwd := req
 	fwd.Node = ""
-	body, _ := json.Marshal(fwd)
-	ctx, cancel := context.WithTimeout(ctx, receiverPeerTimeoutMs*time.Millisecond)
-	defer cancel()
-	hreq, err := http.NewRequestWithContext(ctx, "POST", "https://"+n.ClusterAddr+"/peer/v1/guests/receive", bytes.NewReader(body))
+	// Its own timeout: the configuration messages' 2 s is shorter than a
+	// child's start may take on a busy host.
+	status, data, err := d.peerCall(ctx, n, "POST", "/peer/v1/guests/receive", fwd, receiverPeerTimeoutMs*time.Millisecond, maxControlBodyBytes)
 	if err != nil {
 		return GuestReceiver{}, err
 	}
-	// Not the configuration messages' client: its 2 s bound is shorter
-	// than a child's start may take on a busy host.
-	tr := &http.Transport{TLSClientConfig: d.loaded.PKI.ClientTLS()}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Timeout: receiverPeerTimeoutMs * time.Millisecond, Transport: tr}
-	resp, err := client.Do(hreq)
-	if err != nil {
-		return GuestReceiver{}, fmt.Errorf("node %s is unreachable: %w", n.Name, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxControlBodyBytes))
-	if err != nil {
-		return GuestReceiver{}, fmt.Errorf("node %s: %w", n.Name, err)
-	}
-	if resp.StatusCode == http.StatusNotFound {
+	if status == http.StatusNotFound {
 		return GuestReceiver{}, fmt.Errorf("node %s does not start guest receivers (its paddock is older): start \"paddock guest receive\" there by hand", n.Name)
 	}
-	if resp.StatusCode != http.StatusOK {
-		var e apiError
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return GuestReceiver{}, fmt.Errorf("node %s: %s", n.Name, e.Error)
-		}
-		return GuestReceiver{}, fmt.Errorf("node %s: %s: %s", n.Name, resp.Status, bytes.TrimSpace(data))
+	if status != http.StatusOK {
+		return GuestReceiver{}, fmt.Errorf("node %s: %s", n.Name, peerError(status, data))
 	}
 	var out GuestReceiver
 	if err := json.Unmarshal(data, &out); err != nil {

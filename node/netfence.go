@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -279,27 +278,13 @@ func (d *Daemon) askNetFence(ctx context.Context, members []uint32, req NetFence
 
 func (d *Daemon) callNetFence(ctx context.Context, n NodeConfig, req NetFencePeerRequest) NetFencePeerReply {
 	rep := NetFencePeerReply{Node: n.Name}
-	ctx, cancel := context.WithTimeout(ctx, netFencePeerTimeoutMs*time.Millisecond)
-	defer cancel()
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, "POST", "https://"+n.ClusterAddr+"/peer/v1/netfence", bytes.NewReader(body))
+	status, data, err := d.peerCall(ctx, n, "POST", "/peer/v1/netfence", req, netFencePeerTimeoutMs*time.Millisecond, maxNetFenceBodyBytes)
 	if err != nil {
 		rep.Error = err.Error()
 		return rep
 	}
-	resp, err := d.conf.client.Do(hreq)
-	if err != nil {
-		rep.Error = "unreachable: " + err.Error()
-		return rep
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxNetFenceBodyBytes))
-	if err != nil {
-		rep.Error = err.Error()
-		return rep
-	}
-	if resp.StatusCode != http.StatusOK {
-		rep.Error = fmt.Sprintf("%s: %s", resp.Status, bytes.TrimSpace(data))
+	if status != http.StatusOK {
+		rep.Error = peerError(status, data)
 		return rep
 	}
 	if err := json.Unmarshal(data, &rep); err != nil {

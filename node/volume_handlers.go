@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -414,22 +413,13 @@ func (d *Daemon) fetchReport(ctx context.Context, cfg *ClusterConfig, nodeID uin
 		return d.localReport(volID)
 	}
 	rep := ReplicaReport{Node: n.Name, NodeID: nodeID}
-	ctx, cancel := context.WithTimeout(ctx, peerStatusTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", "https://"+n.ClusterAddr+"/peer/v1/volumes/"+strconv.FormatUint(volID, 10), nil)
-	if err != nil {
-		rep.Error = err.Error()
-		return rep
-	}
-	resp, err := d.conf.client.Do(req)
+	status, body, err := d.peerCall(ctx, n, "GET", "/peer/v1/volumes/"+strconv.FormatUint(volID, 10), nil, peerStatusTimeout, 1<<20)
 	if err != nil {
 		rep.Error = "unreachable: " + err.Error()
 		return rep
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil || resp.StatusCode != http.StatusOK {
-		rep.Error = fmt.Sprintf("status %s", resp.Status)
+	if status != http.StatusOK {
+		rep.Error = peerError(status, body)
 		return rep
 	}
 	if err := json.Unmarshal(body, &rep); err != nil {
@@ -484,23 +474,12 @@ func (d *Daemon) onPrimary(ctx context.Context, name, action string, req, out an
 		return op(p)
 	}
 	n, _ := cfg.Node(v.Primary)
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, "POST", "https://"+n.ClusterAddr+"/peer/v1/volumes/"+strconv.FormatUint(v.ID, 10)+"/"+action, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	client := &http.Client{Timeout: scrubTimeout, Transport: &http.Transport{TLSClientConfig: d.loaded.PKI.ClientTLS()}}
-	resp, err := client.Do(hreq)
+	status, data, err := d.peerCall(ctx, n, "POST", "/peer/v1/volumes/"+strconv.FormatUint(v.ID, 10)+"/"+action, req, scrubTimeout, 4<<20)
 	if err != nil {
 		return fmt.Errorf("asking the primary %s: %w", n.Name, err)
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("primary %s: %s", n.Name, bytes.TrimSpace(data))
+	if status != http.StatusOK {
+		return fmt.Errorf("primary %s: %s", n.Name, peerError(status, data))
 	}
 	if out == nil {
 		return nil
