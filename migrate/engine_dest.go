@@ -26,7 +26,9 @@ type DestOptions struct {
 	// DefaultInDoubtTimeout. When it expires the migration is discarded.
 	InDoubtTimeout time.Duration
 	// FaultHook, for tests: "ready" (before acknowledging the digest),
-	// "committed" (after Resume).
+	// "committed" (after Resume), and "stream-round-end" from each page
+	// stream's goroutine, with the stream's index in place of the round,
+	// at a RoundEnd before that stream hashes the round's chunks.
 	FaultHook func(point string, round int)
 }
 
@@ -417,6 +419,7 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 			}
 			st.Add(s)
 		case FrameRoundEnd:
+			d.hook("stream-round-end", i)
 			for p := touched.NextSet(0); p >= 0; {
 				c := p / chunkPages
 				if StreamOf(uint64(p), streams) != i {
