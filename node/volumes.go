@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -492,13 +493,25 @@ func (m *volumeManager) dialPeer(ctx context.Context, peer blockrep.NodeID) (net
 // Lookup implements nbd.Exports: every volume of the cluster is served
 // on every node.
 func (m *volumeManager) Lookup(name string) (*nbd.Export, bool) {
-	v, ok := m.d.config().Volume(name)
+	vol, forwarded := strings.CutPrefix(name, forwardedExportPrefix)
+	v, ok := m.d.config().Volume(vol)
 	if !ok {
 		return nil, false
 	}
-	return &nbd.Export{Name: v.Name, Description: fmt.Sprintf("paddock volume %s (%d replicas)", v.Name, len(v.Replicas)),
-		Backend: &volumeBackend{m: m, name: v.Name, size: v.SizeBytes}}, true
+	return &nbd.Export{Name: name, Description: fmt.Sprintf("paddock volume %s (%d replicas)", v.Name, len(v.Replicas)),
+		Backend: &volumeBackend{m: m, name: v.Name, size: v.SizeBytes, forwarded: forwarded}}, true
 }
+
+// forwardedExportPrefix marks the export name a node's forwarder asks
+// the primary's node for ("paddock-forwarded/NAME"; a volume name has no
+// "/"). Requests on such a connection are served only by the primary
+// object that served the connection's first request, never forwarded
+// again: a request that waited in a paused or cut-off node's socket
+// while the forwarder retried it elsewhere (and acknowledged it) would
+// otherwise be forwarded later to the new primary and overwrite newer
+// acknowledged writes (found by the history campaign). Any client may
+// use the name; it only narrows what the node does for it.
+const forwardedExportPrefix = "paddock-forwarded/"
 
 // Names implements nbd.Exports.
 func (m *volumeManager) Names() []string {
@@ -512,27 +525,51 @@ func (m *volumeManager) Names() []string {
 
 // route finds where a volume's I/O goes: the local primary, or a client
 // of the primary's node. It waits (bounded) while there is neither.
-func (m *volumeManager) route(name string) (*blockrep.Primary, *nbd.Client, error) {
+func (m *volumeManager) route(name string) (*blockrep.Primary, *nbd.Client, uint32, error) {
 	deadline := time.Now().Add(routeWaitMs * time.Millisecond)
 	for {
-		p, c, err, retry := m.tryRoute(name)
+		p, c, to, err, retry := m.tryRoute(name)
 		if !retry || time.Now().After(deadline) {
 			if err != nil {
 				err = fmt.Errorf("%w: volume %s: %v", syscall.EIO, name, err)
 			}
-			return p, c, err
+			return p, c, to, err
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-func (m *volumeManager) tryRoute(name string) (*blockrep.Primary, *nbd.Client, error, bool) {
+// localPrimary is this node's primary of the volume: when this node is
+// the volume's primary it waits up to routeWaitMs for a promotion under
+// way; nil when it is not, or still not.
+func (m *volumeManager) localPrimary(name string) *blockrep.Primary {
+	self := m.d.loaded.Identity.ID
+	deadline := time.Now().Add(routeWaitMs * time.Millisecond)
+	for {
+		m.mu.Lock()
+		lv := m.vols[name]
+		var p *blockrep.Primary
+		mine := lv != nil && lv.effectivePrimary() == self
+		if mine {
+			p = lv.primary
+		}
+		m.mu.Unlock()
+		if p != nil || !mine || time.Now().After(deadline) {
+			return p
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// tryRoute finds who serves a request: this node's primary, or a
+// forwarding client and the node it reaches.
+func (m *volumeManager) tryRoute(name string) (*blockrep.Primary, *nbd.Client, uint32, error, bool) {
 	self := m.d.loaded.Identity.ID
 	m.mu.Lock()
 	lv := m.vols[name]
 	if lv == nil {
 		m.mu.Unlock()
-		return nil, nil, errors.New("not open on this node yet"), true
+		return nil, nil, 0, errors.New("not open on this node yet"), true
 	}
 	if lv.effectivePrimary() == self {
 		p, why := lv.primary, lv.promoteErr
@@ -541,33 +578,33 @@ func (m *volumeManager) tryRoute(name string) (*blockrep.Primary, *nbd.Client, e
 			if why == "" {
 				why = "being promoted"
 			}
-			return nil, nil, errors.New(why), true
+			return nil, nil, 0, errors.New(why), true
 		}
-		return p, nil, nil, false
+		return p, nil, 0, nil, false
 	}
 	if lv.fwd != nil {
-		c := lv.fwd
+		c, to := lv.fwd, lv.fwdTo
 		m.mu.Unlock()
-		return nil, c, nil, false
+		return nil, c, to, nil, false
 	}
 	target := lv.effectivePrimary()
 	m.mu.Unlock()
 	n, ok := m.d.config().Node(target)
 	if !ok {
-		return nil, nil, fmt.Errorf("primary node %d is not in the configuration", target), true
+		return nil, nil, 0, fmt.Errorf("primary node %d is not in the configuration", target), true
 	}
-	c, err := nbd.Dial("tcp", n.StorageAddr, nbd.ClientOptions{Export: name, Timeout: forwardDialMs * time.Millisecond})
+	c, err := nbd.Dial("tcp", n.StorageAddr, nbd.ClientOptions{Export: forwardedExportPrefix + name, Timeout: forwardDialMs * time.Millisecond})
 	if err != nil {
-		return nil, nil, fmt.Errorf("forwarding to the primary %s (%s): %v", n.Name, n.StorageAddr, err), true
+		return nil, nil, 0, fmt.Errorf("forwarding to the primary %s (%s): %v", n.Name, n.StorageAddr, err), true
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if lv.fwd != nil || lv.effectivePrimary() != target {
 		c.Abort()
-		return nil, nil, errors.New("route changed"), true
+		return nil, nil, 0, errors.New("route changed"), true
 	}
 	lv.fwd, lv.fwdTo = c, target
-	return nil, c, nil, false
+	return nil, c, target, nil, false
 }
 
 // dropForward forgets a forwarding client that failed, so the next
@@ -581,11 +618,18 @@ func (m *volumeManager) dropForward(name string, c *nbd.Client) {
 	}
 }
 
-// volumeBackend is one volume's NBD backend on this node.
+// volumeBackend is one volume's NBD backend on this node, for one client
+// connection.
 type volumeBackend struct {
 	m    *volumeManager
 	name string
 	size int64
+	// forwarded: the connection comes from another node's forwarder
+	// (forwardedExportPrefix); bound is the primary that served its
+	// first request, the only one that may serve the others.
+	forwarded bool
+	boundMu   sync.Mutex
+	bound     *blockrep.Primary
 }
 
 func (b *volumeBackend) Size() int64 { return b.size }
@@ -599,14 +643,29 @@ func (b *volumeBackend) Cache(off, length int64) error { return nil }
 // do runs one request locally or forwarded; a forwarded request that
 // fails on the connection (not with an NBD error) is retried once on a
 // fresh route: the primary may have moved.
-func (b *volumeBackend) do(local func(*blockrep.Primary) error, remote func(*nbd.Client) error) error {
+func (b *volumeBackend) do(mutates bool, local func(*blockrep.Primary) error, remote func(*nbd.Client) error) error {
+	if b.forwarded {
+		return b.serveForwarded(b.m.localPrimary(b.name), local)
+	}
+	var failedTo uint32
 	for attempt := 0; ; attempt++ {
-		p, c, err := b.m.route(b.name)
+		p, c, to, err := b.m.route(b.name)
 		if err != nil {
 			return err
 		}
 		if p != nil {
 			return local(p)
+		}
+		// A write is sent again only to another node than the one that
+		// failed: the first copy may still be applied by that node
+		// later (it sat in its socket), and after this retry is
+		// acknowledged that would undo newer writes. Another node
+		// serves only under a newer epoch, which the first copy can no
+		// longer get accepted under, and the failed node does not
+		// forward it (forwardedExportPrefix). A read or flush may go
+		// again anywhere.
+		if attempt > 0 && mutates && to == failedTo {
+			return fmt.Errorf("%w: forwarding to node %d failed; the write's outcome is unknown", syscall.EIO, to)
 		}
 		err = remote(c)
 		var ne *nbd.Error
@@ -619,8 +678,27 @@ func (b *volumeBackend) do(local func(*blockrep.Primary) error, remote func(*nbd
 			}
 			return err
 		}
+		failedTo = to
 		b.m.dropForward(b.name, c)
 	}
+}
+
+// serveForwarded serves a forwarded connection's request: only here,
+// only by the primary that served its first request.
+func (b *volumeBackend) serveForwarded(p *blockrep.Primary, local func(*blockrep.Primary) error) error {
+	if p == nil {
+		return fmt.Errorf("%w: volume %s: this node is not its primary; a forwarded request is not forwarded again", syscall.EIO, b.name)
+	}
+	b.boundMu.Lock()
+	if b.bound == nil {
+		b.bound = p
+	}
+	same := b.bound == p
+	b.boundMu.Unlock()
+	if !same {
+		return fmt.Errorf("%w: volume %s: the primary changed on this node since the forwarding connection began; the forwarder reconnects", syscall.EIO, b.name)
+	}
+	return local(p)
 }
 
 func fuaFlag(fua bool) uint16 {
@@ -631,27 +709,27 @@ func fuaFlag(fua bool) uint16 {
 }
 
 func (b *volumeBackend) ReadAt(p []byte, off int64) error {
-	return b.do(func(pr *blockrep.Primary) error { return pr.ReadAt(p, off) },
+	return b.do(false, func(pr *blockrep.Primary) error { return pr.ReadAt(p, off) },
 		func(c *nbd.Client) error { return c.ReadAt(p, off) })
 }
 
 func (b *volumeBackend) WriteAt(p []byte, off int64, fua bool) error {
-	return b.do(func(pr *blockrep.Primary) error { return pr.WriteAt(p, off, fua) },
+	return b.do(true, func(pr *blockrep.Primary) error { return pr.WriteAt(p, off, fua) },
 		func(c *nbd.Client) error { return c.WriteAt(p, off, fuaFlag(fua)) })
 }
 
 func (b *volumeBackend) Flush() error {
-	return b.do(func(pr *blockrep.Primary) error { return pr.Flush() },
+	return b.do(false, func(pr *blockrep.Primary) error { return pr.Flush() },
 		func(c *nbd.Client) error { return c.Flush() })
 }
 
 func (b *volumeBackend) Trim(off, length int64, fua bool) error {
-	return b.do(func(pr *blockrep.Primary) error { return pr.Trim(off, length, fua) },
+	return b.do(true, func(pr *blockrep.Primary) error { return pr.Trim(off, length, fua) },
 		func(c *nbd.Client) error { return c.Trim(off, length, fuaFlag(fua)) })
 }
 
 func (b *volumeBackend) Zero(off, length int64, noHole, fast, fua bool) error {
-	return b.do(func(pr *blockrep.Primary) error { return pr.Zero(off, length, noHole, fast, fua) },
+	return b.do(true, func(pr *blockrep.Primary) error { return pr.Zero(off, length, noHole, fast, fua) },
 		func(c *nbd.Client) error { return c.Zero(off, length, fuaFlag(fua)) })
 }
 
