@@ -258,6 +258,11 @@ type Decision struct {
 	LeaseReleased bool
 }
 
+// NotUpToDate is in the error of a candidate that lacks the newest
+// generation (the node's HA agent looks for it in a primary's promotion
+// error to move the role to a replica that has it).
+const NotUpToDate = "is not up to date"
+
 // Decide checks a candidate's promises: a quorum of the voters that
 // remember (blank promises do not count, rule 4), the candidate's own among
 // them, and the candidate itself a member of the newest generation. The
@@ -300,7 +305,7 @@ func Decide(self NodeID, voters []NodeID, e Epoch, promises []Promise) (Decision
 		}
 	}
 	if !slices.Contains(d.NewestMembers, self) {
-		return Decision{}, fmt.Errorf("node %d is not up to date: the newest generation %v is held by %v", self, d.Newest, d.NewestMembers)
+		return Decision{}, fmt.Errorf("node %d %s: the newest generation %v is held by %v", self, NotUpToDate, d.Newest, d.NewestMembers)
 	}
 	for _, m := range d.NewestMembers {
 		if _, ok := got[m]; ok {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,7 +68,20 @@ type haAgent struct {
 	// or unfenced.
 	netFencing map[uint32]bool
 	netDone    map[uint32]bool
+	// staleCheckAt and staleSince: when the acting node last asked a
+	// member primary whether it is stuck on an old generation, and when
+	// it first found it so (see checkStalePrimary).
+	staleCheckAt map[string]int64
+	staleSince   map[string]int64
 }
+
+// staleCheckMs spaces the acting node's checks of a member primary that
+// serves nothing; stalePrimaryMs is how long it must be found stuck on
+// an old generation before the role moves.
+const (
+	staleCheckMs   = 2000
+	stalePrimaryMs = 4000
+)
 
 func newHAAgent(m *volumeManager) (*haAgent, error) {
 	lease, err := fence.NewLease(fence.LeaseConfig{TokenTimeoutMs: m.d.config().TokenMs})
@@ -78,7 +92,8 @@ func newHAAgent(m *volumeManager) (*haAgent, error) {
 	a := &haAgent{m: m, log: m.log.With("part", "ha"), lease: lease, history: h,
 		fenced: map[uint32]bool{}, fencing: map[uint32]bool{},
 		lastFence: map[uint32]int64{}, proposing: map[string]bool{},
-		netFencing: map[uint32]bool{}, netDone: map[uint32]bool{}}
+		netFencing: map[uint32]bool{}, netDone: map[uint32]bool{},
+		staleCheckAt: map[string]int64{}, staleSince: map[string]int64{}}
 	a.lost = newLostNodes()
 	a.lostAt = a.lost.lostAt
 	a.fencer = fence.NewFencer(&fence.AgentRunner{Logger: a.log}, h, a.log)
@@ -164,6 +179,14 @@ func (a *haAgent) tick(ctx context.Context) {
 			return
 		}
 	}
+	for _, v := range cfg.Volumes {
+		if !slices.Contains(members, v.Primary) || a.proposing[v.Name] || a.m.tookOver(v.Name) || now-a.staleCheckAt[v.Name] < staleCheckMs {
+			continue
+		}
+		a.staleCheckAt[v.Name] = now
+		a.proposing[v.Name] = true
+		go a.checkStalePrimary(ctx, v, members)
+	}
 	waitCfg := a.lease.Config()
 	for _, v := range cfg.Volumes {
 		lost, ok := a.lostAt[v.Primary]
@@ -189,7 +212,7 @@ func (a *haAgent) tick(ctx context.Context) {
 			go a.netFence(ctx, v.Primary, victim.Name, members)
 		}
 		a.proposing[v.Name] = true
-		go a.failover(ctx, v, members)
+		go a.failover(ctx, v, members, true)
 	}
 }
 
@@ -227,7 +250,9 @@ func (a *haAgent) netFence(ctx context.Context, node uint32, name string, member
 
 // failover moves a volume's primary role to the member replica with the
 // newest generation.
-func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32) {
+// The old primary's promises are released at the voters only when it is
+// fenced (releaseOld: its power verified off, or its lease surely over).
+func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32, releaseOld bool) {
 	defer func() {
 		a.mu.Lock()
 		delete(a.proposing, v.Name)
@@ -258,8 +283,10 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 	// has surely run out (it self-fenced): it serves nothing, so its
 	// promises are released and the new primary need not wait out its
 	// read lease (blockrep epoch.go, rule 5).
-	if n := a.m.releaseFenced(ctx, v, v.Primary); n > 0 {
-		a.log.Info("released the fenced primary's epoch at the voters", "volume", v.Name, "node", v.Primary, "voters", n)
+	if releaseOld {
+		if n := a.m.releaseFenced(ctx, v, v.Primary); n > 0 {
+			a.log.Info("released the fenced primary's epoch at the voters", "volume", v.Name, "node", v.Primary, "voters", n)
+		}
 	}
 	pctx, cancel := context.WithTimeout(ctx, failoverProposeMs*time.Millisecond)
 	defer cancel()
@@ -291,6 +318,36 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 		return
 	}
 	a.log.Warn("failover: primary role moved", "volume", v.Name, "from", v.Primary, "to", n.Name, "generation", bestGen)
+}
+
+// checkStalePrimary moves the primary role away from a member that
+// cannot promote because it lacks the newest generation (it was named
+// primary while cut off from the replicas that took writes after it,
+// say): it would retry forever and the volume would serve nothing. The
+// role goes to the member with the newest generation, as in a failover.
+func (a *haAgent) checkStalePrimary(ctx context.Context, v VolumeConfig, members []uint32) {
+	rep := a.m.d.fetchReport(ctx, a.m.d.config(), v.Primary, v.ID)
+	stale := rep.Reachable && rep.Primary == nil && strings.Contains(rep.PromoteErr, blockrep.NotUpToDate)
+	a.mu.Lock()
+	since, seen := a.staleSince[v.Name]
+	switch {
+	case !stale:
+		delete(a.staleSince, v.Name)
+	case !seen:
+		a.staleSince[v.Name], since = nowMs(), nowMs()
+	}
+	move := stale && nowMs()-since >= stalePrimaryMs
+	if !move {
+		delete(a.proposing, v.Name)
+	}
+	a.mu.Unlock()
+	if move {
+		a.log.Warn("the volume's primary cannot promote: it lacks the newest generation; moving the role", "volume", v.Name, "primary", v.Primary, "error", rep.PromoteErr)
+		a.mu.Lock()
+		delete(a.staleSince, v.Name)
+		a.mu.Unlock()
+		a.failover(ctx, v, members, false) // clears proposing
+	}
 }
 
 // confirmTakeover names this node the volume's primary in the
