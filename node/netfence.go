@@ -277,18 +277,9 @@ func (d *Daemon) askNetFence(ctx context.Context, members []uint32, req NetFence
 }
 
 func (d *Daemon) callNetFence(ctx context.Context, n NodeConfig, req NetFencePeerRequest) NetFencePeerReply {
-	rep := NetFencePeerReply{Node: n.Name}
-	status, data, err := d.peerCall(ctx, n, "POST", "/peer/v1/netfence", req, netFencePeerTimeoutMs*time.Millisecond, maxNetFenceBodyBytes)
-	if err != nil {
-		rep.Error = err.Error()
-		return rep
-	}
-	if status != http.StatusOK {
-		rep.Error = peerError(status, data)
-		return rep
-	}
-	if err := json.Unmarshal(data, &rep); err != nil {
-		rep.Error = err.Error()
+	var rep NetFencePeerReply
+	if err := d.peerJSON(ctx, n, "POST", "/peer/v1/netfence", req, &rep, netFencePeerTimeoutMs*time.Millisecond, maxNetFenceBodyBytes); err != nil {
+		rep = NetFencePeerReply{Error: err.Error()}
 	}
 	rep.Node = n.Name
 	return rep

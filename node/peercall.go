@@ -45,6 +45,22 @@ func (d *Daemon) peerCall(ctx context.Context, n NodeConfig, method, path string
 	return resp.StatusCode, data, nil
 }
 
+// peerJSON is peerCall for a JSON answer: a status other than 200 is an
+// error with the peer's text, and the answer is decoded into out.
+func (d *Daemon) peerJSON(ctx context.Context, n NodeConfig, method, path string, req, out any, timeout time.Duration, limitBytes int64) error {
+	status, data, err := d.peerCall(ctx, n, method, path, req, timeout, limitBytes)
+	if err != nil {
+		return err
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("node %s: %s", n.Name, peerError(status, data))
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("node %s answered: %w", n.Name, err)
+	}
+	return nil
+}
+
 // peerError is the text of a peer's error answer: its JSON error field,
 // or the body itself.
 func peerError(status int, data []byte) string {

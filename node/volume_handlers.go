@@ -412,18 +412,9 @@ func (d *Daemon) fetchReport(ctx context.Context, cfg *ClusterConfig, nodeID uin
 	if nodeID == d.loaded.Identity.ID {
 		return d.localReport(volID)
 	}
-	rep := ReplicaReport{Node: n.Name, NodeID: nodeID}
-	status, body, err := d.peerCall(ctx, n, "GET", "/peer/v1/volumes/"+strconv.FormatUint(volID, 10), nil, peerStatusTimeout, 1<<20)
-	if err != nil {
-		rep.Error = "unreachable: " + err.Error()
-		return rep
-	}
-	if status != http.StatusOK {
-		rep.Error = peerError(status, body)
-		return rep
-	}
-	if err := json.Unmarshal(body, &rep); err != nil {
-		rep.Error = err.Error()
+	var rep ReplicaReport
+	if err := d.peerJSON(ctx, n, "GET", "/peer/v1/volumes/"+strconv.FormatUint(volID, 10), nil, &rep, peerStatusTimeout, 1<<20); err != nil {
+		rep = ReplicaReport{Error: err.Error()}
 	}
 	rep.Node, rep.NodeID = n.Name, nodeID
 	return rep
