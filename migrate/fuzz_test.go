@@ -42,6 +42,18 @@ func seedStreams() map[string][]byte {
 			e.WriteRun(0, ram[:2*PageBytes])
 		})
 	}
+	// Sparse frames: zero and data pages alternate (raw data), and the
+	// same with compressible data (s2 and zstd inside the frame).
+	sparse := make([]byte, 12*PageBytes)
+	text := make([]byte, 12*PageBytes)
+	for p := 1; p < 12; p += 2 {
+		copy(sparse[p*PageBytes:(p+1)*PageBytes], ram[p*PageBytes:])
+		copy(text[p*PageBytes:(p+1)*PageBytes], bytes.Repeat([]byte("fuzz "), PageBytes/5+1))
+	}
+	stream("sparse-raw", EncoderOptions{Compression: CompressAuto}, func(e *Encoder) { e.WriteRun(3, sparse) })
+	for _, c := range []Compression{CompressS2, CompressZstd} {
+		stream("sparse-"+c.String(), EncoderOptions{Compression: c}, func(e *Encoder) { e.WriteRun(3, text) })
+	}
 	stream("batch-auto", EncoderOptions{Compression: CompressAuto, DeltaCacheBytes: 1 << 20}, func(e *Encoder) {
 		pages := []uint64{1, 5, 40}
 		e.WritePages(ram, pages)

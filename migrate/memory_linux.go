@@ -160,6 +160,36 @@ func pwriteFull(fd int, b []byte, offBytes int64) error {
 	return nil
 }
 
+// pwritevFull writes the pieces of iov, in order, from offBytes of fd with
+// as few pwritev calls as the kernel allows (one, normally; IOV_MAX is
+// 1024 and a caller passes at most MaxPagesPerFrame pieces). It consumes
+// iov's slice headers on a short write.
+func pwritevFull(fd int, iov [][]byte, offBytes int64) error {
+	for len(iov) > 0 {
+		n, err := unix.Pwritev(fd, iov, offBytes)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("migrate: pwritev to guest RAM: %w", err)
+		}
+		if n == 0 {
+			return fmt.Errorf("migrate: pwritev to guest RAM wrote nothing at %d", offBytes)
+		}
+		offBytes += int64(n)
+		for n > 0 && len(iov) > 0 {
+			if n >= len(iov[0]) {
+				n -= len(iov[0])
+				iov = iov[1:]
+			} else {
+				iov[0] = iov[0][n:]
+				n = 0
+			}
+		}
+	}
+	return nil
+}
+
 // Bytes returns the primary mapping of the whole RAM.
 func (m *Memory) Bytes() []byte { return m.data }
 
