@@ -37,10 +37,10 @@ type Decoder struct {
 	payload  []byte
 	frame    Frame
 	zdec     *zstd.Decoder
-	touched  *Bitmap // pages ApplyPages wrote, if set
-	skipZero bool    // RAM is fresh: zero run frames need no write
-	ramFd    int     // the memfd under the RAM given to ApplyPages, or -1
-	scratch  []byte  // pages decoded before they are written to ramFd
+	touched  *Bitmap  // pages ApplyPages wrote, if set
+	skipZero bool     // RAM is fresh: zero run frames need no write
+	ramFd    int      // the memfd under the RAM given to ApplyPages, or -1
+	scratch  []byte   // pages decoded before they are written to ramFd
 	iov      [][]byte // pieces of one pwritev (sparse frames)
 }
 
