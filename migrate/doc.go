@@ -38,7 +38,9 @@
 //   - Encoder and Decoder speak the frame format (frame.go): page frames in
 //     zero, raw, s2, zstd or batches of per-page records that may be
 //     XBZRLE-style deltas (xbzrle.go) against a bounded LRU of what was last
-//     sent; control frames for hello, rounds, device state, the RAM digest,
+//     sent, or sparse frames (a run whose zero and data pages alternate: a
+//     page bitmap, then the data pages alone, written at the destination
+//     with one pwritev); control frames for hello, rounds, device state, the RAM digest,
 //     commit, ack and error. Every header and payload has a crc32c; the
 //     decoder checks every field against hard limits before trusting it.
 //
