@@ -101,8 +101,10 @@ func decodeAL(b []byte) (alRecord, error) {
 // left inconsistent (empty after a clean shutdown). A log with neither slot
 // readable is an error: the caller must then re-verify everything.
 func openActivityLog(path string, capacity int, syncData func() error) (*activityLog, []int64, error) {
-	if capacity <= 0 || capacity > alMaxExtents {
-		return nil, nil, fmt.Errorf("activity log of %d extents: 1 to %d", capacity, alMaxExtents)
+	// At most half of what a slot holds: a promise names the hot and the
+	// recovered extents together (Replica.hotAndRecovered).
+	if capacity <= 0 || capacity > alMaxExtents/2 {
+		return nil, nil, fmt.Errorf("activity log of %d extents: 1 to %d", capacity, alMaxExtents/2)
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {

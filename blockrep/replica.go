@@ -148,6 +148,21 @@ func (r *Replica) Prepare(e Epoch, from NodeID) (Promise, *Refusal, error) {
 	return p, nil, nil
 }
 
+// hotAndRecovered is what a promise tells the primary to send again:
+// the extents written recently (they may differ from the peers' after a
+// crash of the primary) and those this replica re-verified at start
+// after a crash of its own (writes it acknowledged but had not flushed
+// may be missing here). The recovered ones are named in every promise
+// until a clean restart: sending them twice costs a resend, forgetting
+// them would leave this copy different from the others.
+func (r *Replica) hotAndRecovered() []int64 {
+	out := append(r.store.HotExtents(), r.store.Recovered...)
+	slices.Sort(out)
+	// Each list is at most the log's capacity, at most half of
+	// alMaxExtents (openActivityLog), so the union fits a promise.
+	return slices.Compact(out)
+}
+
 // Release records that the primary of epoch e (from) stepped down; kept
 // in memory only (epoch.go, rule 5).
 func (r *Replica) Release(e Epoch, from NodeID) bool {
@@ -286,7 +301,7 @@ func (r *Replica) Handle(m *Message) *Message {
 		if p.Released {
 			reply.Flags |= FlagReleased
 		}
-		for _, e := range r.store.HotExtents() {
+		for _, e := range r.hotAndRecovered() {
 			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, uint64(e))
 		}
 		return reply

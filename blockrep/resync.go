@@ -16,6 +16,20 @@ func (p *Primary) maintain() {
 	defer t.Stop()
 	var savedAt time.Time
 	for {
+		// A peer whose link died is down, even if no write failed on
+		// it: when it is back it must rejoin (promise, hot extents of
+		// its activity log) rather than slip back in on a new link.
+		// Without this, a secondary that restarted while no write was
+		// sent to it came back without its hot extents being resent, so
+		// writes it acknowledged but had not flushed before a power loss
+		// were lost on it until a scrub.
+		p.mu.Lock()
+		for _, pe := range p.peers {
+			if pe.link != nil && !pe.link.alive() {
+				p.dropLink(pe)
+			}
+		}
+		p.mu.Unlock()
 		p.connectAsync()
 		p.mu.Lock()
 		var back, needSync []*peer
