@@ -2,12 +2,15 @@ package migrate
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
 	"testing"
 
 	"github.com/klauspost/compress/s2"
+	"golang.org/x/sys/unix"
 )
 
 // sparseSource fills ram with a mix the sparse frame exists for: zero runs
@@ -177,4 +180,100 @@ func TestSparseFrameRejects(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSparseFrameMutations: sparse frames with random changes to their
+// index, count and payload, checksums recomputed so that the decoder's
+// deeper checks are reached, are applied through the RAM file (the
+// pwritev path, which FuzzDecodeFrame does not take). Each must be
+// applied or refused with ErrCorruptFrame, never panic, and never write
+// past the RAM: the memfd keeps its size.
+func TestSparseFrameMutations(t *testing.T) {
+	const ramPages = 64
+	const iterations = 5000
+	rng := rand.New(rand.NewPCG(11, 12))
+	src := make([]byte, 48*PageBytes) // inside the 64 pages of RAM from page 4
+	sparseSource(rng, src, false)
+	text := make([]byte, len(src))
+	sparseSource(rng, text, true)
+	var seeds [][]byte // whole frames
+	for _, c := range []struct {
+		comp Compression
+		ram  []byte
+	}{{CompressNone, src}, {CompressS2, text}, {CompressZstd, text}} {
+		var wire bytes.Buffer
+		e, _ := NewEncoder(&wire, EncoderOptions{Compression: c.comp})
+		if err := e.WriteRun(4, c.ram); err != nil {
+			t.Fatal(err)
+		}
+		e.Flush()
+		dec := NewDecoder(&wire, ramPages)
+		for {
+			f, err := dec.Next()
+			if err != nil {
+				break
+			}
+			if f.Encoding != EncSparse {
+				t.Fatalf("seed frame in %s, want sparse", f.Encoding)
+			}
+			seeds = append(seeds, frameBytes(f.Type, f.Encoding, 0, f.Index, f.Count, bytes.Clone(f.Payload)))
+		}
+		dec.Close()
+	}
+	if len(seeds) != 3 {
+		t.Fatalf("%d seed frames, want 3", len(seeds))
+	}
+	dst, err := NewMemory("test-sparse-mut", ramPages*PageBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	fd := ramFile(dst.Bytes())
+	if fd < 0 {
+		t.Fatal("no memfd under the Memory")
+	}
+	defer closeRAMFile(fd)
+	applied := 0
+	for i := range iterations {
+		fr := bytes.Clone(seeds[rng.IntN(len(seeds))])
+		payload := fr[frameHeaderBytes:]
+		switch rng.IntN(5) {
+		case 0: // index
+			binary.LittleEndian.PutUint64(fr[8:], uint64(rng.IntN(2*ramPages)))
+		case 1: // count
+			binary.LittleEndian.PutUint32(fr[16:], uint32(rng.IntN(MaxPagesPerFrame+2)))
+		case 2: // truncate the payload
+			payload = payload[:rng.IntN(len(payload)+1)]
+		}
+		for range rng.IntN(4) { // flip bytes
+			if len(payload) > 0 {
+				payload[rng.IntN(len(payload))] ^= byte(1 + rng.IntN(255))
+			}
+		}
+		fr = append(fr[:frameHeaderBytes], payload...)
+		binary.LittleEndian.PutUint32(fr[20:], uint32(len(payload)))
+		binary.LittleEndian.PutUint32(fr[24:], crc32.Checksum(payload, castagnoli))
+		binary.LittleEndian.PutUint32(fr[28:], crc32.Checksum(fr[:28], castagnoli))
+		dec := NewDecoder(bytes.NewReader(fr), ramPages)
+		dec.SetRAMFile(fd)
+		dec.SetSkipZero(i%2 == 0)
+		f, err := dec.Next()
+		if err == nil {
+			_, err = dec.ApplyPages(f, dst.Bytes())
+		}
+		dec.Close()
+		if err == nil {
+			applied++
+		} else if !errors.Is(err, ErrCorruptFrame) {
+			t.Fatalf("iteration %d: %v, not a corrupt frame", i, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Size != ramPages*PageBytes {
+			t.Fatalf("iteration %d: RAM file of %d bytes, want %d", i, st.Size, ramPages*PageBytes)
+		}
+	}
+	t.Logf("%d of %d mutated frames applied, the rest refused", applied, iterations)
 }
