@@ -669,6 +669,13 @@ func (b *volumeBackend) do(mutates bool, local func(*blockrep.Primary) error, re
 		}
 		err = remote(c)
 		var ne *nbd.Error
+		if errors.As(err, &ne) && ne.Errno == nbd.ESHUTDOWN && attempt == 0 {
+			// The primary's node did not run it (serveForwarded): the
+			// connection is stale; any request may go again, even to
+			// the same node.
+			b.m.dropForward(b.name, c)
+			continue
+		}
 		if errors.As(err, &ne) {
 			return syscall.Errno(ne.Errno)
 		}
@@ -686,8 +693,10 @@ func (b *volumeBackend) do(mutates bool, local func(*blockrep.Primary) error, re
 // serveForwarded serves a forwarded connection's request: only here,
 // only by the primary that served its first request.
 func (b *volumeBackend) serveForwarded(p *blockrep.Primary, local func(*blockrep.Primary) error) error {
+	// Refusals here say ESHUTDOWN: the request did not run, and the
+	// forwarder may send it again on a new connection.
 	if p == nil {
-		return fmt.Errorf("%w: volume %s: this node is not its primary; a forwarded request is not forwarded again", syscall.EIO, b.name)
+		return fmt.Errorf("%w: volume %s: this node is not its primary; a forwarded request is not forwarded again", syscall.ESHUTDOWN, b.name)
 	}
 	b.boundMu.Lock()
 	if b.bound == nil {
@@ -696,7 +705,7 @@ func (b *volumeBackend) serveForwarded(p *blockrep.Primary, local func(*blockrep
 	same := b.bound == p
 	b.boundMu.Unlock()
 	if !same {
-		return fmt.Errorf("%w: volume %s: the primary changed on this node since the forwarding connection began; the forwarder reconnects", syscall.EIO, b.name)
+		return fmt.Errorf("%w: volume %s: the primary changed on this node since the forwarding connection began; the forwarder reconnects", syscall.ESHUTDOWN, b.name)
 	}
 	return local(p)
 }

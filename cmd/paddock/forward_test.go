@@ -40,9 +40,15 @@ func TestForwardedConnectionIsNotForwardedAgain(t *testing.T) {
 	if err := dial(nodes[1], "vm").WriteAt(newer, 0, 0); err != nil {
 		t.Fatalf("write through n2 after the move: %v", err)
 	}
-	// The stale connection: its write must not reach n3.
-	if err := fwd.WriteAt(old, 0, 0); err == nil {
+	// The stale connection: its write must not reach n3, and the answer
+	// says it did not run (ESHUTDOWN: the forwarder may send it again on
+	// a new connection).
+	err := fwd.WriteAt(old, 0, 0)
+	if err == nil {
 		t.Fatal("a forwarded connection's write was forwarded again after the primary moved")
+	}
+	if ne, ok := err.(*nbd.Error); !ok || ne.Errno != nbd.ESHUTDOWN {
+		t.Fatalf("the stale forwarded write failed with %v, want ESHUTDOWN (not run)", err)
 	}
 	// A new forwarded connection to a node that is not primary: refused.
 	if err := dial(nodes[0], "paddock-forwarded/vm").WriteAt(old, 0, 0); err == nil {
