@@ -61,18 +61,7 @@ func TestRAMFilePath(t *testing.T) {
 	dec := NewDecoder(&wire, uint64(pages))
 	dec.SetRAMFile(dfd)
 	dec.SetSkipZero(true)
-	for {
-		f, err := dec.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := dec.ApplyPages(f, dst.Bytes()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	applyAll(t, dec, dst.Bytes())
 	if !bytes.Equal(src.Bytes(), dst.Bytes()) {
 		t.Fatal("destination RAM differs from the source's")
 	}
@@ -124,18 +113,7 @@ func TestRAMFilePath(t *testing.T) {
 		t.Fatalf("the batches lack an encoding: %+v", enc2.Stats())
 	}
 	dec.SetSkipZero(false)
-	for {
-		f, err := dec.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := dec.ApplyPages(f, dst.Bytes()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	applyAll(t, dec, dst.Bytes())
 	if !bytes.Equal(src.Bytes(), dst.Bytes()) {
 		t.Fatal("destination RAM differs from the source's after the batches")
 	}
@@ -156,5 +134,22 @@ func TestRAMFilePath(t *testing.T) {
 	src.Close()
 	if fd := ramFile(srcRAM); fd >= 0 {
 		t.Fatal("a closed Memory's file found")
+	}
+}
+
+// applyAll applies every page frame the decoder reads until EOF.
+func applyAll(t *testing.T, dec *Decoder, ram []byte) {
+	t.Helper()
+	for {
+		f, err := dec.Next()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dec.ApplyPages(f, ram); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
