@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -175,6 +176,13 @@ func (d *Daemon) config() *ClusterConfig {
 }
 
 // quorate says whether this node's partition is quorate now.
+// members is a copy of this node's current membership.
+func (d *Daemon) members() []uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.status.Quorum.Members)
+}
+
 func (d *Daemon) quorate() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -235,9 +235,7 @@ func (d *Daemon) fenceByHand(ctx context.Context, req FenceRequest) (any, error)
 	}
 	// A verified power fence by hand is followed by the network fence,
 	// as the HA agent's is.
-	d.mu.Lock()
-	members := slices.Clone(d.status.Quorum.Members)
-	d.mu.Unlock()
+	members := d.members()
 	if _, nerr := d.netFenceNode(ctx, n.Name, members); nerr != nil {
 		a.log.Error("network fence after the fence by hand failed on some members", "target", n.Name, "err", nerr)
 	}

@@ -429,9 +429,7 @@ func (d *Daemon) unfence(ctx context.Context, name string) (UnfenceReply, error)
 		}
 		req.MinConfigVersion, rep.ConfigVersion = next.Version, next.Version
 	}
-	d.mu.Lock()
-	members := slices.Clone(d.status.Quorum.Members)
-	d.mu.Unlock()
+	members := d.members()
 	rep.Members = d.askNetFence(ctx, members, req)
 	d.recordNetFence(req, start, rep.Members)
 	if d.vols != nil && d.vols.ha != nil {

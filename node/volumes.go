@@ -166,9 +166,7 @@ func (m *volumeManager) reconcile(ctx context.Context) {
 	cfg := m.d.config()
 	self := m.d.loaded.Identity.ID
 	quorate := m.d.quorate()
-	m.d.mu.Lock()
-	members := slices.Clone(m.d.status.Quorum.Members)
-	m.d.mu.Unlock()
+	members := m.d.members()
 	// Asked before m.mu is taken: the HA agent holds its own lock while
 	// it calls into the volume manager (tookOver), so asking it under
 	// m.mu would be a lock-order inversion (it deadlocked a node).
@@ -316,9 +314,7 @@ func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
 	// wait a little for its release rather than its whole read lease. A
 	// failover (a replica's node is away) does not wait.
 	var awaitRelease time.Duration
-	m.d.mu.Lock()
-	members := slices.Clone(m.d.status.Quorum.Members)
-	m.d.mu.Unlock()
+	members := m.d.members()
 	if !slices.ContainsFunc(v.Replicas, func(id uint32) bool { return !slices.Contains(members, id) }) {
 		awaitRelease = awaitReleaseMs * time.Millisecond
 	}
@@ -812,9 +808,7 @@ func (m *volumeManager) takeOver(name string, from uint32) {
 // wrote nothing while the node it was taken from may already be primary
 // again.
 func (m *volumeManager) tookOver(name string) bool {
-	m.d.mu.Lock()
-	members := slices.Clone(m.d.status.Quorum.Members)
-	m.d.mu.Unlock()
+	members := m.d.members()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	lv := m.vols[name]
