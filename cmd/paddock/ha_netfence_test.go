@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -111,29 +110,7 @@ func netFenceScenario(t *testing.T, powerFence bool, mode string) {
 			"--param", "type=file", "--param", "status_file="+power, "--data-dir", nodes[0].dir)
 		testbin.Run(t, 60*time.Second, bin, "fence", "level", "add", "h1", "--level", "1", "--devices", "dummy-h1", "--data-dir", nodes[0].dir)
 	}
-	var mu sync.Mutex
-	var offAt time.Time
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			b, _ := os.ReadFile(power)
-			mu.Lock()
-			if strings.TrimSpace(string(b)) == "off" && offAt.IsZero() {
-				powerOff(nodes[0].proc)
-				offAt = time.Now()
-			}
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { close(stop); wg.Wait() })
+	ps := watchPower(t, nodes, map[int]string{0: power})
 
 	testbin.Run(t, 60*time.Second, bin, "volume", "create", "vm", "--size", "16M", "--nodes", "h1,h2,h3", "--data-dir", nodes[0].dir)
 	nodes[1].waitUpToDate(t, "vm", 30*time.Second)
@@ -160,10 +137,7 @@ func netFenceScenario(t *testing.T, powerFence bool, mode string) {
 	if powerFence {
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			mu.Lock()
-			off := !offAt.IsZero()
-			mu.Unlock()
-			if off {
+			if _, off := ps.off(0); off {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -204,9 +178,7 @@ func netFenceScenario(t *testing.T, powerFence bool, mode string) {
 	lab.heal(1)
 	if powerFence {
 		os.WriteFile(power, []byte("on"), 0o600)
-		mu.Lock()
-		offAt = time.Time{}
-		mu.Unlock()
+		ps.on(0)
 		startFencedNode(t, lab, nodes, 0, mode)
 	}
 	assertBlocked := func(when string) {

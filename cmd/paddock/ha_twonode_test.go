@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -66,43 +65,13 @@ func TestTwoNodeFenceRace(t *testing.T) {
 	}
 
 	// The power: a file that says off kills its node.
-	var mu sync.Mutex
-	offAt := map[int]time.Time{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			for i := range power {
-				b, _ := os.ReadFile(power[i])
-				mu.Lock()
-				_, done := offAt[i]
-				mu.Unlock()
-				if strings.TrimSpace(string(b)) == "off" && !done {
-					powerOff(nodes[i].proc)
-					mu.Lock()
-					offAt[i] = time.Now()
-					mu.Unlock()
-				}
-			}
-		}
-	}()
-	t.Cleanup(func() { close(stop); wg.Wait() })
+	ps := watchPower(t, nodes, map[int]string{0: power[0], 1: power[1]})
 
 	cut := time.Now()
 	lab.cut(2) // both alive, each alone and quorate (two_node)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		mu.Lock()
-		n := len(offAt)
-		mu.Unlock()
-		if n > 0 {
+		if ps.count() > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -113,10 +82,8 @@ func TestTwoNodeFenceRace(t *testing.T) {
 	// Give the delayed shot time to land if the plug pull did not stop
 	// it: the delay plus a margin.
 	time.Sleep(6 * time.Second)
-	mu.Lock()
-	_, h1Off := offAt[0]
-	h2OffAt, h2Off := offAt[1]
-	mu.Unlock()
+	_, h1Off := ps.off(0)
+	h2OffAt, h2Off := ps.off(1)
 	b1, _ := os.ReadFile(power[0])
 	if h1Off || !h2Off || strings.TrimSpace(string(b1)) != "on" {
 		t.Fatalf("want exactly h2 off (h1 wins the race): h1 off %v (file %q), h2 off %v", h1Off, b1, h2Off)
@@ -145,9 +112,7 @@ func TestTwoNodeFenceRace(t *testing.T) {
 	// secondary, resyncs, and the replicas end identical.
 	os.WriteFile(power[1], []byte("on"), 0o600)
 	lab.heal(2)
-	mu.Lock()
-	delete(offAt, 1)
-	mu.Unlock()
+	ps.on(1)
 	startNetNode(t, lab, nodes, 1)
 	for _, n := range nodes {
 		n.waitStatus(t, "both members after power on", 20*time.Second, members(2))

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -138,4 +139,63 @@ func dialNBDInNS(ns, addr, export string, timeout time.Duration) (*nbd.Client, e
 		return nil, err
 	}
 	return c, nil
+}
+
+// powerSwitch pulls a node's plug when its fence_dummy status file says
+// off, as a fence device's outlet would, and records when.
+type powerSwitch struct {
+	mu    sync.Mutex
+	offAt map[int]time.Time
+}
+
+// watchPower watches the status files (node index to file) of nodes every
+// 20 ms until the test ends.
+func watchPower(t *testing.T, nodes []*volNode, files map[int]string) *powerSwitch {
+	ps := &powerSwitch{offAt: map[int]time.Time{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			for i, f := range files {
+				b, _ := os.ReadFile(f)
+				ps.mu.Lock()
+				if _, done := ps.offAt[i]; !done && strings.TrimSpace(string(b)) == "off" {
+					powerOff(nodes[i].proc)
+					ps.offAt[i] = time.Now()
+				}
+				ps.mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); wg.Wait() })
+	return ps
+}
+
+// off says whether (and when) node i's plug was pulled.
+func (ps *powerSwitch) off(i int) (time.Time, bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	at, ok := ps.offAt[i]
+	return at, ok
+}
+
+// count is how many plugs were pulled.
+func (ps *powerSwitch) count() int {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return len(ps.offAt)
+}
+
+// on forgets that node i was powered off (it is on again).
+func (ps *powerSwitch) on(i int) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	delete(ps.offAt, i)
 }
