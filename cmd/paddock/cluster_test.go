@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -230,17 +231,25 @@ func TestNodeMetrics(t *testing.T) {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			body = string(b)
-			if strings.Contains(body, "paddock_quorate 1") {
+			// Whole lines: the HELP text of paddock_quorate contains
+			// "paddock_quorate 1" too, which ended this wait at once.
+			if metricLine(body, "paddock_quorate 1") {
 				break
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	for _, want := range []string{"paddock_quorate 1", "paddock_total_votes 1", "paddock_members 1", "paddock_config_version 1", "paddock_heartbeats_forged_total 0"} {
-		if !strings.Contains(body, want) {
-			t.Errorf("metrics lack %q:\n%s", want, body)
+		if !metricLine(body, want) {
+			t.Errorf("metrics lack the line %q:\n%s", want, body)
 		}
 	}
+}
+
+// metricLine says whether a Prometheus text exposition has exactly this
+// line.
+func metricLine(body, line string) bool {
+	return slices.Contains(strings.Split(body, "\n"), line)
 }
 
 // TestClusterFiveNodes: five nodes keep quorum (3) with two down, lose it
