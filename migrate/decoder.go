@@ -22,6 +22,11 @@ type Frame struct {
 	Index    uint64
 	Count    uint32
 	Payload  []byte
+
+	// payloadCRC is the payload's crc32c as Next checked it; valid only
+	// if hasCRC (a Frame built by a caller has none).
+	payloadCRC uint32
+	hasCRC     bool
 }
 
 // Decoder reads frames from one stream and checks every one against hard
@@ -42,6 +47,19 @@ type Decoder struct {
 	ramFd    int      // the memfd under the RAM given to ApplyPages, or -1
 	scratch  []byte   // pages decoded before they are written to ramFd
 	iov      [][]byte // pieces of one pwritev (sparse frames)
+
+	// Chunk checksums of the pages as written (see ChunkSum): the run of
+	// frames in progress from a digest chunk's first page, and the chunks
+	// wholly written by such runs since ResetChunkSums.
+	run  chunkRun
+	sums map[int]uint32
+}
+
+// chunkRun is a digest chunk being written by run frames in page order.
+type chunkRun struct {
+	chunk int    // -1: none
+	pages int    // pages written from the chunk's first
+	crc   uint32 // crc32c of those pages as written
 }
 
 // SetRAMFile makes ApplyPages write pages with pwrite on fd, the
@@ -60,13 +78,14 @@ func (d *Decoder) WritesByFile() bool { return d.ramFd >= 0 }
 // writeFile writes pages decoded from enc and payload at page index of
 // the RAM file: raw payloads as they are, others decoded into a scratch
 // buffer first (deltas onto the page's current contents, read with pread).
-func (d *Decoder) writeFile(enc Encoding, index uint64, count int, payload []byte) error {
+// It returns the bytes it wrote (valid until the next call).
+func (d *Decoder) writeFile(enc Encoding, index uint64, count int, payload []byte) ([]byte, error) {
 	off := int64(index) * PageBytes
 	if enc == EncRaw {
 		if len(payload) != count*PageBytes {
-			return corrupt("raw payload of %d bytes for %d pages", len(payload), count)
+			return nil, corrupt("raw payload of %d bytes for %d pages", len(payload), count)
 		}
-		return pwriteFull(d.ramFd, payload, off)
+		return payload, pwriteFull(d.ramFd, payload, off)
 	}
 	if d.scratch == nil {
 		d.scratch = make([]byte, MaxPagesPerFrame*PageBytes)
@@ -74,16 +93,108 @@ func (d *Decoder) writeFile(enc Encoding, index uint64, count int, payload []byt
 	dst := d.scratch[:count*PageBytes]
 	if enc == EncDelta {
 		if err := checkDelta(payload); err != nil {
-			return err
+			return nil, err
 		}
 		if err := preadFull(d.ramFd, dst, off); err != nil {
-			return err
+			return nil, err
 		}
 		applyDelta(dst, payload)
 	} else if err := d.decodeInto(enc, dst, payload); err != nil {
-		return err
+		return nil, err
 	}
-	return pwriteFull(d.ramFd, dst, off)
+	return dst, pwriteFull(d.ramFd, dst, off)
+}
+
+// ChunkSum returns the crc32c of digest chunk c as this decoder wrote it,
+// if run frames in page order wrote all of the chunk since
+// ResetChunkSums and nothing else wrote to it since (only when pages go
+// to a RAM file, SetRAMFile). The destination then takes it for its
+// digest instead of reading the chunk back: its RAM is written by this
+// decoder alone until the commit (the guest runs there only after it),
+// so the bytes handed to pwrite are the bytes RAM holds. Pages a skipped
+// zero frame covers are counted as zero, which fresh RAM is.
+func (d *Decoder) ChunkSum(c int) (uint32, bool) {
+	crc, ok := d.sums[c]
+	return crc, ok
+}
+
+// ResetChunkSums forgets every chunk checksum and the run in progress: the
+// destination calls it at each round's end.
+func (d *Decoder) ResetChunkSums() {
+	clear(d.sums)
+	d.run = chunkRun{chunk: -1}
+}
+
+// forgetChunks drops what is known of the chunks holding pages
+// [from, to]: something other than an in-order run wrote to them.
+func (d *Decoder) forgetChunks(from, to uint64) {
+	for c := int(from / chunkPages); c <= int(to/chunkPages); c++ {
+		delete(d.sums, c)
+		if d.run.chunk == c {
+			d.run.chunk = -1
+		}
+	}
+}
+
+// noteRun records that a run frame wrote count pages from page index;
+// update extends a crc32c with those pages as written. A run that starts
+// a chunk begins its checksum, one that continues the run in progress
+// extends it, anything else makes the chunk unknown. Called only after
+// the pages were written.
+func (d *Decoder) noteRun(index uint64, count int, update func(crc uint32) uint32) {
+	if d.ramFd < 0 || d.touched == nil || d.touched.Len() != int(d.ramPages) {
+		// Without the touched bitmap the caller cannot know which
+		// chunks to take, nor this decoder which pages were written.
+		return
+	}
+	c := int(index / chunkPages)
+	off := int(index % chunkPages)
+	chunkLen := int(min(chunkPages, d.ramPages-uint64(c)*chunkPages))
+	if off+count > chunkLen {
+		// Crosses into the next chunk (a single page stream sends
+		// contiguous dirty pages as one run): read back.
+		d.forgetChunks(index, index+uint64(count)-1)
+		return
+	}
+	delete(d.sums, c)
+	switch {
+	case off == 0:
+		d.run = chunkRun{chunk: c}
+	case d.run.chunk != c || d.run.pages != off:
+		d.run.chunk = -1
+		return
+	}
+	d.run.crc = update(d.run.crc)
+	d.run.pages += count
+	if d.run.pages == chunkLen {
+		if d.sums == nil {
+			d.sums = make(map[int]uint32)
+		}
+		d.sums[c] = d.run.crc
+		d.run.chunk = -1
+	}
+}
+
+// anyTouched says whether a page of [index, index+count) was written
+// since the touched bitmap's last reset. Without a bitmap it says yes, so
+// that nothing is assumed zero.
+func (d *Decoder) anyTouched(index uint64, count int) bool {
+	if d.touched == nil || d.touched.Len() != int(d.ramPages) {
+		return true
+	}
+	p := d.touched.NextSet(int(index))
+	return p >= 0 && p < int(index)+count
+}
+
+// crcZeroPages extends crc with n zero pages.
+func crcZeroPages(crc uint32, n int) uint32 {
+	if crc == 0 && n == chunkPages {
+		return zeroChunkCRC
+	}
+	for range n {
+		crc = crc32.Update(crc, castagnoli, zeroPage[:])
+	}
+	return crc
 }
 
 // SetSkipZero says whether the RAM under zero run frames is known to be
@@ -98,7 +209,7 @@ const decoderBufferBytes = 256 << 10
 // 0 until a Hello has been checked (then call SetRAMPages): page frames are
 // refused while it is 0.
 func NewDecoder(r io.Reader, ramPages uint64) *Decoder {
-	return &Decoder{r: bufio.NewReaderSize(r, decoderBufferBytes), ramPages: min(ramPages, MaxMemoryBytes/PageBytes), ramFd: -1}
+	return &Decoder{r: bufio.NewReaderSize(r, decoderBufferBytes), ramPages: min(ramPages, MaxMemoryBytes/PageBytes), ramFd: -1, run: chunkRun{chunk: -1}}
 }
 
 // SetRAMPages sets the RAM size page indexes are checked against.
@@ -143,7 +254,7 @@ func (d *Decoder) Next() (*Frame, error) {
 	if got := crc32.Checksum(p, castagnoli); got != h.payloadCRC {
 		return nil, corrupt("%s payload checksum %#08x, computed %#08x", h.typ, h.payloadCRC, got)
 	}
-	d.frame = Frame{Type: h.typ, Encoding: h.encoding, Flags: h.flags, Index: h.index, Count: h.count, Payload: p}
+	d.frame = Frame{Type: h.typ, Encoding: h.encoding, Flags: h.flags, Index: h.index, Count: h.count, Payload: p, payloadCRC: h.payloadCRC, hasCRC: true}
 	return &d.frame, nil
 }
 
@@ -185,16 +296,35 @@ func (d *Decoder) ApplyPages(f *Frame, ram []byte) (PageStats, error) {
 	if f.Encoding == EncSparse {
 		return d.applySparse(f, ram, st)
 	}
+	count := int(f.Count)
 	if f.Encoding == EncZero && d.skipZero {
 		st.Pages = uint64(f.Count)
 		st.add(f.Encoding, uint64(f.Count))
+		if d.anyTouched(f.Index, count) {
+			// Only a source that sends a page twice in a round
+			// does this: the page keeps what was written, so read
+			// it back rather than count it as zero.
+			d.forgetChunks(f.Index, f.Index+uint64(count)-1)
+		} else {
+			d.noteRun(f.Index, count, func(crc uint32) uint32 { return crcZeroPages(crc, count) })
+		}
 		return st, nil
 	}
 	dst := ram[f.Index*PageBytes : (f.Index+uint64(f.Count))*PageBytes]
 	if d.ramFd >= 0 {
-		if err := d.writeFile(f.Encoding, f.Index, int(f.Count), f.Payload); err != nil {
+		wrote, err := d.writeFile(f.Encoding, f.Index, count, f.Payload)
+		if err != nil {
+			d.forgetChunks(f.Index, f.Index+uint64(count)-1)
 			return st, err
 		}
+		d.noteRun(f.Index, count, func(crc uint32) uint32 {
+			if crc == 0 && f.Encoding == EncRaw && f.hasCRC {
+				// Next checked the payload's checksum: it is
+				// the pages' (a chunk's first frame starts from 0).
+				return f.payloadCRC
+			}
+			return crc32.Update(crc, castagnoli, wrote)
+		})
 	} else if err := d.decodeInto(f.Encoding, dst, f.Payload); err != nil {
 		return st, err
 	}
@@ -322,7 +452,8 @@ func (d *Decoder) applyBatch(f *Frame, ram []byte, st PageStats) (PageStats, err
 		}
 		dst := ram[page*PageBytes : (page+1)*PageBytes]
 		if d.ramFd >= 0 {
-			if err := d.writeFile(enc, page, 1, data); err != nil {
+			d.forgetChunks(page, page)
+			if _, err := d.writeFile(enc, page, 1, data); err != nil {
 				return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
 			}
 		} else if enc == EncDelta {
@@ -441,6 +572,30 @@ func (d *Decoder) applySparse(f *Frame, ram []byte, st PageStats) (PageStats, er
 			return st, err
 		}
 		d.iov = iov
+		overwrote := false
+		for i := 0; i < count && d.skipZero && !overwrote; i++ {
+			// A zero page skipped over a page written before: see
+			// the zero frame in ApplyPages.
+			overwrote = !isData(i) && d.anyTouched(f.Index+uint64(i), 1)
+		}
+		if overwrote {
+			d.forgetChunks(f.Index, f.Index+uint64(count)-1)
+		} else {
+			d.noteRun(f.Index, count, func(crc uint32) uint32 {
+				k := 0
+				for i := range count {
+					if isData(i) {
+						crc = crc32.Update(crc, castagnoli, data[k*PageBytes:(k+1)*PageBytes])
+						k++
+					} else {
+						// Written as zeros, or skipped on fresh RAM,
+						// which reads as zero.
+						crc = crc32.Update(crc, castagnoli, zeroPage[:])
+					}
+				}
+				return crc
+			})
+		}
 	} else {
 		k := 0
 		for i := range count {

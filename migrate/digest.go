@@ -3,8 +3,10 @@ package migrate
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
+	"runtime"
 	"sync"
 )
 
@@ -166,4 +168,41 @@ func (d *RAMDigest) FirstDifference(o *RAMDigest) int {
 		return min(len(d.crcs), len(o.crcs))
 	}
 	return -1
+}
+
+// maxRehashWorkers bounds the goroutines of RehashAll.
+const maxRehashWorkers = 8
+
+// RehashAll rehashes every chunk from what ram holds now: with pread on
+// its memfd when ram is a Memory's mapping (reading through the mapping
+// would fault in pages written with pwrite), else through ram. The
+// engine's digest is otherwise kept from the pages as sent or written
+// (see Decoder.ChunkSum); this makes it say what RAM holds at the moment
+// of the call, at the cost of reading all of it.
+func (d *RAMDigest) RehashAll(ram []byte) error {
+	d.checkRAM(ram)
+	workers := max(1, min(runtime.GOMAXPROCS(0), maxRehashWorkers, len(d.crcs)))
+	fd := ramFile(ram)
+	if fd < 0 {
+		d.UpdateAll(ram, workers)
+		return nil
+	}
+	defer closeRAMFile(fd)
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, DigestChunkBytes)
+			for c := w; c < len(d.crcs); c += workers {
+				if err := d.UpdateChunkFile(fd, c, buf); err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -45,18 +45,34 @@
 //     decoder checks every field against hard limits before trusting it.
 //
 //   - RAMDigest is a chunked digest of RAM that can be kept current
-//     incrementally.
+//     incrementally. What the digest compared at the switchover proves:
+//     each side's chunk checksum is taken of the bytes the side handled
+//     last for that chunk (the source: read from RAM and sent, or
+//     rehashed from RAM after a round's send; the destination: handed to
+//     pwrite, see Decoder.ChunkSum, or read back for chunks not written
+//     whole by in-order runs). Equal digests then mean equal RAM at the
+//     pause provided that (1) the tracker reported every write the guest
+//     made after Tracker.Start (a page written after its chunk was hashed
+//     is then sent and its chunk rehashed in a later round, the last one
+//     inside the pause), and (2) nothing but the decoder writes the
+//     destination's RAM before the commit. A write the tracker does not
+//     see (through a mapping it does not cover, by pwrite on the memfd, by
+//     a device from the kernel) or a stray write at the destination is
+//     not caught by that. SourceOptions.VerifyRAM and
+//     DestOptions.VerifyRAM drop the assumption on their side: they
+//     rehash all of RAM inside the pause (RAMDigest.RehashAll), at the
+//     cost of reading it all while the guest is stopped.
 //
 //   - When guest RAM is a Memory's mapping, the engine moves it through the
 //     memfd instead of the mapping: the source's bulk pass preads each
 //     chunk into the encoder's snapshot (Encoder.WriteRunFile; the chunk's
 //     digest checksum is of the bytes as sent), the destination writes
-//     every page with pwrite (Decoder.SetRAMFile) and reads chunks back
-//     with pread for its digest (RAMDigest.UpdateChunkFile), so the
-//     digest still checks what RAM holds, not what arrived. On this VM
-//     page-table work (faults, MADV_POPULATE_WRITE) cost more than the
-//     copies themselves: filling a fresh memfd by pwrite ran 5-6x faster
-//     than populate then copy.
+//     every page with pwrite (Decoder.SetRAMFile) and takes the checksum
+//     of what it wrote for a chunk that in-order run frames wrote whole
+//     (Decoder.ChunkSum), else reads the chunk back with pread
+//     (RAMDigest.UpdateChunkFile). On this VM page-table work (faults,
+//     MADV_POPULATE_WRITE) cost more than the copies themselves: filling
+//     a fresh memfd by pwrite ran 5-6x faster than populate then copy.
 //
 //   - Conn carries one control stream and N page streams, over QUIC or over
 //     parallel TLS/TCP connections, mutually authenticated by a CA

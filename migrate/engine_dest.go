@@ -25,6 +25,13 @@ type DestOptions struct {
 	// connection broke between ready and commit; 0 =
 	// DefaultInDoubtTimeout. When it expires the migration is discarded.
 	InDoubtTimeout time.Duration
+	// VerifyRAM rehashes all of RAM from the memfd (or the mapping)
+	// before the digest is compared, instead of trusting the checksums
+	// of the pages as they were written: the digest then also sees a
+	// page changed behind the decoder's back since it was written. It
+	// costs a read of all of RAM inside the source's pause (see
+	// RAMDigest and BENCHMARKS.md for the price).
+	VerifyRAM bool
 	// FaultHook, for tests: "ready" (before acknowledging the digest),
 	// "committed" (after Resume), and "stream-round-end" from each page
 	// stream's goroutine, with the stream's index in place of the round,
@@ -340,6 +347,11 @@ func (d *dest) receive(ctx context.Context, conn Conn, enc *Encoder, dec *Decode
 			for _, s := range stats {
 				d.st.Pages.Add(s)
 			}
+			if d.opts.VerifyRAM {
+				if err := digest.RehashAll(d.ram); err != nil {
+					return failed(codeGuest, err)
+				}
+			}
 			got := digest.Sum()
 			if got != *want {
 				return failed(codeDigest, fmt.Errorf("migrate: RAM digest differs from the source's after round %d", lastStarted))
@@ -428,8 +440,12 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 					send(destEvent{stream: i, err: corrupt("page %d arrived on stream %d, belongs to %d", p, i, StreamOf(uint64(p), streams))})
 					return
 				}
-				if fd >= 0 {
-					// Read as it is now in RAM, not as it came.
+				if crc, ok := dec.ChunkSum(c); ok {
+					// Wholly written this round by in-order run
+					// frames: the checksum of what was written.
+					digest.SetChunk(c, crc)
+				} else if fd >= 0 {
+					// Read as it is now in RAM.
 					if err := digest.UpdateChunkFile(fd, c, chunkBuf); err != nil {
 						send(destEvent{stream: i, err: err})
 						return
@@ -440,6 +456,7 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 				p = touched.NextSet((c + 1) * chunkPages)
 			}
 			touched.Reset()
+			dec.ResetChunkSums()
 			round0 = false
 			dec.SetSkipZero(false)
 			if !send(destEvent{stream: i, frame: Frame{Type: FrameRoundEnd, Index: f.Index}}) {

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // faultConn corrupts or truncates what the source writes on its first
@@ -148,12 +150,14 @@ func TestMigrateFasterThanTheLink(t *testing.T) {
 	})
 }
 
-// TestMigrateDigestCatchesWrongPage: a page that is wrong in the
-// destination's RAM although every frame checked out (flipped there by a
-// hook, as a bug in the write path would leave it) fails the digest check
-// at the switchover: the migration fails, the destination discards, and
-// the guest runs on the source, unchanged. The destination's digest must
-// be of its RAM, not of what arrived.
+// TestMigrateDigestCatchesWrongPage: with DestOptions.VerifyRAM, a page
+// that is wrong in the destination's RAM although every frame checked out
+// fails the digest check at the switchover, also when it changed after its
+// chunk was hashed (flipped by a hook in the last round, while its chunk
+// went in round 0 only, as a stray write would leave it): the migration
+// fails, the destination discards, and the guest runs on the source,
+// unchanged. The destination's digest must then be of its RAM as it is at
+// the pause, not of what arrived.
 func TestMigrateDigestCatchesWrongPage(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr, func(t *testing.T) {
@@ -162,20 +166,23 @@ func TestMigrateDigestCatchesWrongPage(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			dopts := m.destOptions()
-			var once sync.Once
+			dopts.VerifyRAM = true
+			var roundEnds atomic.Int64
 			dopts.FaultHook = func(point string, stream int) {
 				// Page 0 is in chunk 0, which stream 0 carries and
-				// hashes right after this hook in round 0.
-				if point == "stream-round-end" && stream == 0 {
-					once.Do(func() {
-						m.mu.Lock()
-						m.dstMem.Page(0)[0] ^= 1
-						m.mu.Unlock()
-					})
+				// hashes in round 0; from the second round end on
+				// it is not sent again.
+				if point == "stream-round-end" && stream == 0 && roundEnds.Add(1) == 2 {
+					m.mu.Lock()
+					m.dstMem.Page(0)[0] ^= 1
+					m.mu.Unlock()
 				}
 			}
 			res := m.run(ctx, 2, SourceOptions{Compression: CompressAuto}, dopts)
 			t.Logf("source: %v; destination: %v", res.err, res.dstErr)
+			if roundEnds.Load() < 2 {
+				t.Fatalf("stream 0 ended %d rounds; the page was never flipped", roundEnds.Load())
+			}
 			if res.err == nil || res.stats.Status != StatusFailed {
 				t.Fatalf("a wrong page in the destination's RAM: %v, status %s", res.err, res.stats.Status)
 			}
@@ -186,6 +193,63 @@ func TestMigrateDigestCatchesWrongPage(t *testing.T) {
 			}
 			if srcRun, dstRun := m.runningSides(); !srcRun || dstRun {
 				t.Fatalf("running: source %v destination %v", srcRun, dstRun)
+			}
+			if c := src.Check(); !c.OK() {
+				t.Fatalf("source: %+v", c)
+			}
+		})
+	}
+}
+
+// TestMigrateDigestCatchesUntrackedWrite: with SourceOptions.VerifyRAM, a
+// page of the source changed without the tracker seeing it (written with
+// pwrite on the memfd once the guest is paused, after its chunk was sent
+// and hashed in round 0) makes the digests differ: the migration fails and
+// the guest runs on the source.
+func TestMigrateDigestCatchesUntrackedWrite(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			src := newSynthForTest(t, SynthConfig{RAMBytes: 8 << 20, Seed: 9}) // idle
+			m := newMigration(t, tr, src)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			const page = 300 // chunk 1, away from the guest's own records
+			fd := src.Memory().Fd()
+			var orig [1]byte
+			flip := func() {
+				if _, err := unix.Pread(fd, orig[:], page*PageBytes); err != nil {
+					t.Error(err)
+					return
+				}
+				b := [1]byte{orig[0] ^ 0x80}
+				if _, err := unix.Pwrite(fd, b[:], page*PageBytes); err != nil {
+					t.Error(err)
+				}
+			}
+			flipped := false
+			opts := SourceOptions{Compression: CompressAuto, VerifyRAM: true, FaultHook: func(point string, round int) {
+				if point == "paused" {
+					flip()
+					flipped = true
+				}
+			}}
+			res := m.run(ctx, 2, opts, m.destOptions())
+			t.Logf("source: %v; destination: %v", res.err, res.dstErr)
+			if !flipped {
+				t.Fatal("the guest was never paused")
+			}
+			if res.err == nil || res.stats.Status != StatusFailed {
+				t.Fatalf("an untracked write at the source: %v, status %s", res.err, res.stats.Status)
+			}
+			if !errors.Is(res.dstErr, ErrNotCommitted) || !strings.Contains(res.dstErr.Error(), "digest differs") {
+				t.Fatalf("destination: %v", res.dstErr)
+			}
+			if srcRun, dstRun := m.runningSides(); !srcRun || dstRun {
+				t.Fatalf("running: source %v destination %v", srcRun, dstRun)
+			}
+			// Put the byte back: the guest's own check covers the rest.
+			if _, err := unix.Pwrite(fd, orig[:], page*PageBytes); err != nil {
+				t.Fatal(err)
 			}
 			if c := src.Check(); !c.OK() {
 				t.Fatalf("source: %+v", c)

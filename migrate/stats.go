@@ -40,7 +40,10 @@ type Stats struct {
 	DowntimeMs         float64 `json:"downtime_ms"`
 	// HandoffMs is the part of the downtime spent moving the guest's
 	// volumes (SourceOptions.Handoff); 0 without volumes.
-	HandoffMs        float64   `json:"handoff_ms"`
+	HandoffMs float64 `json:"handoff_ms"`
+	// VerifyMs is the part of the downtime spent rehashing all of RAM
+	// for the digest (SourceOptions.VerifyRAM); 0 without.
+	VerifyMs         float64   `json:"verify_ms,omitempty"`
 	TransferredBytes uint64    `json:"transferred_bytes"`
 	RemainingBytes   uint64    `json:"remaining_bytes"`
 	TotalBytes       uint64    `json:"total_bytes"`
