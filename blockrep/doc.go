@@ -11,6 +11,11 @@
 //   - activitylog.go: DRBD's activity log. No metadata is synced per write;
 //     only when a write reaches a cold 4 MiB extent is the log synced, and
 //     after a crash only the logged extents are re-verified.
+//   - recovered.go: the extents a crash may have left older than the
+//     other copies (writes acknowledged but not flushed), recorded on
+//     disk until a primary resent them; recovering.go: how a primary
+//     resends them and keeps such a replica out of the generation's set
+//     meanwhile, and how a recovering candidate fetches its own first.
 //   - bitmap.go: the per-peer out-of-sync bitmap (64 KiB regions) that
 //     makes resync resend only what a peer missed.
 //   - epoch.go: the rule that makes one primary per epoch and keeps every

@@ -29,6 +29,14 @@ import (
 //     which counts only once every member of the new set and a quorum of
 //     voters have stored it.
 //
+//     A data replica that crashed may lack writes it acknowledged without
+//     a FLUSH, in the extents its activity log named (recovered.go); it
+//     says so in every promise until a primary resent them. A primary
+//     keeps such a replica out of the set until then; a candidate that
+//     is itself recovering first fetches those extents from a member
+//     that is not recovering them (when every member it reached is, its
+//     copy is as good as any, and it says so loudly).
+//
 //  3. Write. A data replica accepts a write only under the epoch it
 //     promised and in the generation it is in; the witness checks the
 //     same and stores nothing. The primary acknowledges a write only when

@@ -122,6 +122,12 @@ type peer struct {
 	dialing bool
 	// rate samples resentBytes for the resync rate shown in status.
 	rate resyncRate
+	// recovering: the peer's promise said it re-verified extents after
+	// a crash (recovered, or the whole volume) that must be resent and
+	// resolved (MsgResolve) before it may be a member (recovered.go).
+	recovering     bool
+	recovered      []int64
+	recoveredWhole bool
 }
 
 // Primary serves one volume's client I/O on the node that holds its
@@ -177,6 +183,11 @@ type PeerStatus struct {
 	// and ResyncETASeconds the time left at that rate (0: not known).
 	ResyncBytesPerSecond int64   `json:"resync_bytes_per_second,omitempty"`
 	ResyncETASeconds     float64 `json:"resync_eta_seconds,omitempty"`
+	// RecoveringExtents counts the extents the replica re-verified after
+	// a crash that are not yet resent and resolved (it stays syncing
+	// until then); RecoveringWholeVolume: all of them are.
+	RecoveringExtents     int  `json:"recovering_extents,omitempty"`
+	RecoveringWholeVolume bool `json:"recovering_whole_volume,omitempty"`
 }
 
 // PrimaryStatus is what volume status shows of a primary.
@@ -204,6 +215,9 @@ func (p *Primary) Status() PrimaryStatus {
 		}
 		ps := PeerStatus{Node: id, State: pe.state, OutOfSyncBytes: min(pe.missed.Count()*pe.missed.RegionBytes(), p.Size()),
 			CompareDigests: pe.digest, ResentBytes: pe.resentBytes.Load(), MissedBytes: pe.missedBytes.Load()}
+		if pe.recovering {
+			ps.RecoveringExtents, ps.RecoveringWholeVolume = len(pe.recovered), pe.recoveredWhole
+		}
 		if pe.state == PeerSyncing && !pe.syncStarted.IsZero() {
 			ps.ResyncStartedAgo = time.Since(pe.syncStarted).Round(time.Millisecond).String()
 		}
@@ -275,12 +289,13 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 	e := cfg.Local.Voter().Promised + 1
 	var promises []Promise
 	hot := map[NodeID][]int64{}
+	rec := map[NodeID]recoveredInfo{}
 	for attempt := 0; ; attempt++ {
 		if attempt == maxPrepareAttempts {
 			p.Close()
 			return nil, fmt.Errorf("volume %d: epochs kept being refused after %d attempts", cfg.VolumeID, attempt)
 		}
-		promises, hot = promises[:0], map[NodeID][]int64{}
+		promises, hot, rec = promises[:0], map[NodeID][]int64{}, map[NodeID]recoveredInfo{}
 		highest := Epoch(0)
 		pr, ref, err := cfg.Local.Prepare(e, cfg.Self)
 		switch {
@@ -292,13 +307,20 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		default:
 			promises = append(promises, pr)
 			hot[cfg.Self] = cfg.Local.Store().HotExtents()
+			if es, whole := cfg.Local.Store().Recovered(); whole || len(es) > 0 {
+				rec[cfg.Self] = recoveredInfo{extents: es, whole: whole}
+			}
 		}
 		for _, a := range p.broadcast(&Message{Type: MsgPrepare, Epoch: e}) {
 			switch a.Type {
 			case MsgPromise:
 				promises = append(promises, Promise{From: a.From, Epoch: e, Gen: a.Gen, Members: a.Members,
 					Blank: a.Flags&FlagBlank != 0, Released: a.Flags&FlagReleased != 0})
-				hot[a.From] = decodeExtents(a.Payload)
+				h, es, whole := PromiseExtents(a)
+				hot[a.From] = h
+				if a.Flags&FlagRecovering != 0 {
+					rec[a.From] = recoveredInfo{extents: es, whole: whole}
+				}
 			case MsgRefuse:
 				highest = max(highest, a.Epoch)
 			}
@@ -314,6 +336,20 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
 	}
 	p.epoch = e
+	// A candidate that crashed may lack writes it acknowledged in the
+	// extents it re-verified: it fetches them from a member that is not
+	// recovering them before it serves (issue 4). A peer that is
+	// recovering is not a complete copy: it starts out syncing, out of
+	// the first generation's set, until its extents are resent.
+	if err := p.fetchOwnRecovered(d.Members, rec); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
+	}
+	complete := slices.Clone(d.Members) // up to date but for hot and recovered extents
+	d.Members = slices.DeleteFunc(d.Members, func(id NodeID) bool {
+		_, r := rec[id]
+		return r && id != cfg.Self
+	})
 	promised, blank := map[NodeID]bool{}, map[NodeID]bool{}
 	for _, pr := range promises {
 		promised[pr.From] = true
@@ -341,6 +377,12 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 			pe.state, pe.digest = PeerMember, false
 		default:
 			pe.state, pe.syncStarted = PeerSyncing, time.Now()
+			if slices.Contains(complete, id) {
+				// A member of the newest set that is recovering:
+				// like a member it differs only in the extents
+				// named below, no comparison needed.
+				pe.digest = false
+			}
 			if blank[id] {
 				// It lost its data: a saved bitmap says nothing
 				// about it (epoch.go, rule 4).
@@ -353,6 +395,11 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 			for _, x := range hotUnion {
 				pe.missed.Mark(x*ExtentBytes, ExtentBytes)
 			}
+		}
+		if r, ok := rec[id]; ok && promised[id] {
+			// Its own recovered extents, whatever cleanStart says:
+			// they are about this peer's crash, not a primary's.
+			p.noteRecovered(pe, r)
 		}
 	}
 	p.members = d.Members

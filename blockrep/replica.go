@@ -148,19 +148,41 @@ func (r *Replica) Prepare(e Epoch, from NodeID) (Promise, *Refusal, error) {
 	return p, nil, nil
 }
 
-// hotAndRecovered is what a promise tells the primary to send again:
+// promiseExtents fills what a promise tells the primary to send again:
 // the extents written recently (they may differ from the peers' after a
-// crash of the primary) and those this replica re-verified at start
-// after a crash of its own (writes it acknowledged but had not flushed
-// may be missing here). The recovered ones are named in every promise
-// until a clean restart: sending them twice costs a resend, forgetting
-// them would leave this copy different from the others.
-func (r *Replica) hotAndRecovered() []int64 {
-	out := append(r.store.HotExtents(), r.store.Recovered...)
-	slices.Sort(out)
-	// Each list is at most the log's capacity, at most half of
-	// alMaxExtents (openActivityLog), so the union fits a promise.
-	return slices.Compact(out)
+// crash of the primary), then, with FlagRecovering, those this replica
+// re-verified after a crash of its own that no primary has resent yet
+// (writes it acknowledged but had not flushed may be missing here). The
+// recovered ones stay on disk (recovered.go) until a primary resolves
+// them: sending them twice costs a resend, forgetting them would leave
+// this copy different from the others.
+func (r *Replica) promiseExtents(m *Message) {
+	for _, e := range r.store.HotExtents() {
+		m.Payload = binary.BigEndian.AppendUint64(m.Payload, uint64(e))
+	}
+	rec, whole := r.store.Recovered()
+	if !whole && len(rec) == 0 {
+		return
+	}
+	m.Flags |= FlagRecovering
+	if whole {
+		return // Length 0: the whole volume
+	}
+	for _, e := range rec {
+		m.Payload = binary.BigEndian.AppendUint64(m.Payload, uint64(e))
+	}
+	m.Length = uint32(len(rec))
+}
+
+// PromiseExtents splits a promise's payload: the hot extents, the
+// recovered ones, and whether the whole volume is recovering.
+func PromiseExtents(m *Message) (hot, recovered []int64, whole bool) {
+	all := decodeExtents(m.Payload)
+	if m.Flags&FlagRecovering == 0 {
+		return all, nil, false
+	}
+	n := min(int(m.Length), len(all))
+	return all[:len(all)-n], all[len(all)-n:], n == 0
 }
 
 // Release records that the primary of epoch e (from) stepped down; kept
@@ -301,9 +323,20 @@ func (r *Replica) Handle(m *Message) *Message {
 		if p.Released {
 			reply.Flags |= FlagReleased
 		}
-		for _, e := range r.hotAndRecovered() {
-			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, uint64(e))
+		r.promiseExtents(reply)
+		return reply
+	case MsgResolve:
+		// Only the primary of the epoch this replica promised may say
+		// it resent the extents (the safe side: a deposed primary's
+		// word is not taken, the next one resends them again).
+		if v := r.Voter(); m.Epoch != v.Promised {
+			return refuse(&Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("resolve from epoch %d", m.Epoch)})
 		}
+		es := decodeExtents(m.Payload)
+		if err := r.store.ResolveRecovered(es, len(es) == 0); err != nil {
+			return fail(err)
+		}
+		reply.Type = MsgResolveOK
 		return reply
 	case MsgRelease:
 		if m.Flags&FlagFenced != 0 {

@@ -108,6 +108,19 @@ func (p *Primary) rejoin(pe *peer) {
 		return
 	}
 	blank := a.Flags&FlagBlank != 0
+	hotExtents, recExtents, recWhole := PromiseExtents(a)
+	recovering := a.Flags&FlagRecovering != 0 && !pe.noData
+	if recovering && !blank {
+		// It crashed and re-verified extents that no primary resent yet
+		// (recovered.go): it may lack acknowledged writes there, so it
+		// is no complete copy. Out of the set (so it cannot be chosen
+		// as primary or counted up to date) until they are resent.
+		p.log.Warn("replica crashed and recovered extents that must be resent; it leaves the generation until they are",
+			"replica", pe.id, "extents", len(recExtents), "whole_volume", recWhole)
+		if err := p.dropMembers([]NodeID{pe.id}); err != nil {
+			return
+		}
+	}
 	if blank {
 		// It lost its data and was created again (epoch.go, rule 4):
 		// whatever the generation says, it holds nothing; out of the
@@ -140,9 +153,14 @@ func (p *Primary) rejoin(pe *peer) {
 	if blank {
 		pe.digest = true
 	}
-	// Its own activity log names what a crash of it may have lost.
-	for _, x := range decodeExtents(a.Payload) {
+	// Its own activity log names what a crash of the primary may have
+	// left different there, its recovered record what a crash of its
+	// own may have lost.
+	for _, x := range hotExtents {
 		pe.missed.Mark(x*ExtentBytes, ExtentBytes)
+	}
+	if recovering {
+		p.noteRecovered(pe, recoveredInfo{extents: recExtents, whole: recWhole})
 	}
 	if pe.noData {
 		pe.state = PeerVoter
@@ -184,6 +202,14 @@ func (p *Primary) resync(pe *peer) error {
 			return err
 		}
 		p.mu.Lock()
+		resolve := pe.recovering && p.recoveredSent(pe)
+		p.mu.Unlock()
+		if resolve {
+			if err := p.resolvePeer(pe, l); err != nil {
+				return err
+			}
+		}
+		p.mu.Lock()
 		syncing := pe.state == PeerSyncing
 		p.mu.Unlock()
 		if !syncing {
@@ -196,6 +222,8 @@ func (p *Primary) resync(pe *peer) error {
 		p.mu.Lock()
 		left := pe.missed.Count()
 		again := pe.digest // Discard asked for a comparison meanwhile
+		// Not resolved yet (its extents were marked again): resend.
+		again = again || pe.recovering
 		alive := pe.link == l && l.alive()
 		members := append(slices.Clone(p.members), pe.id)
 		g := Gen{Epoch: p.epoch, Seq: p.gen.Seq + 1}

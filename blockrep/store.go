@@ -26,9 +26,9 @@ type Store struct {
 	size  int64
 	al    *activityLog
 	locks [256]sync.RWMutex // striped by block: a block's data and checksum change together
-	// Recovered lists the extents re-verified at Open after a crash; the
-	// replication layer resends them to peers.
-	Recovered []int64
+	// rec names the extents re-verified after a crash that no primary
+	// has resent yet (recovered.go); the replication layer resends them.
+	rec *recoveredSet
 }
 
 // StoreOptions tune a store.
@@ -95,6 +95,10 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 		s.closeFiles()
 		return nil, fmt.Errorf("%s: checksum file does not match the data file", dir)
 	}
+	if s.rec, err = loadRecovered(dir); err != nil {
+		s.closeFiles()
+		return nil, err
+	}
 	var dirty []int64
 	s.al, dirty, err = openActivityLog(filepath.Join(dir, "activity"), o.ALExtents, s.syncFiles)
 	if err != nil {
@@ -106,21 +110,34 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	if len(dirty) > 0 {
 		for _, e := range dirty {
 			if err := s.reverify(e); err != nil {
-				s.Close()
+				s.abandonOpen()
 				return nil, err
 			}
 		}
 		if err := s.syncFiles(); err != nil {
-			s.Close()
+			s.abandonOpen()
+			return nil, err
+		}
+		// The record first, the clean log second: a crash between the
+		// two finds the log still dirty and records the extents again.
+		// The other way round it would forget them (issue 4).
+		if err := s.rec.add(dirty); err != nil {
+			s.abandonOpen()
 			return nil, err
 		}
 		if err := s.al.markClean(); err != nil {
-			s.Close()
+			s.abandonOpen()
 			return nil, err
 		}
-		s.Recovered = dirty
 	}
 	return s, nil
+}
+
+// abandonOpen closes a store whose Open failed during recovery without
+// marking its log clean (Close would): the next Open must recover again.
+func (s *Store) abandonOpen() {
+	s.al.close()
+	s.closeFiles()
 }
 
 func (s *Store) closeFiles() {

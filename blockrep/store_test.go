@@ -77,8 +77,9 @@ func TestStoreFindsCorruption(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if len(s.Recovered) != 0 {
-		t.Fatalf("clean shutdown, yet recovered %v", s.Recovered)
+	if s.Recovering() {
+		rec, whole := s.Recovered()
+		t.Fatalf("clean shutdown, yet recovered %v (whole %v)", rec, whole)
 	}
 	bad, err := s.VerifyBlocks(0, 8<<20)
 	if err != nil {
@@ -126,8 +127,8 @@ func TestStoreCrashRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if len(s.Recovered) != 1 || s.Recovered[0] != 10<<20/ExtentBytes {
-		t.Fatalf("recovered %v, want the extent of the last write", s.Recovered)
+	if rec, whole := s.Recovered(); whole || len(rec) != 1 || rec[0] != 10<<20/ExtentBytes {
+		t.Fatalf("recovered %v (whole %v), want the extent of the last write", rec, whole)
 	}
 	if err := s.ReadAt(make([]byte, 4096), 10<<20); err != nil {
 		t.Fatalf("torn write reported as corruption after recovery: %v", err)

@@ -28,7 +28,7 @@ type MsgType uint8
 
 const (
 	MsgPrepare    MsgType = iota + 1 // a would-be primary asks for a promise of Epoch
-	MsgPromise                       // the promise: Gen, Members; payload: the replica's hot extents (u64 each)
+	MsgPromise                       // the promise: Gen, Members; payload: the replica's hot extents, then (FlagRecovering) its Length recovered ones (u64 each)
 	MsgRefuse                        // refused: Epoch is the one promised; payload: the reason
 	MsgStoreGen                      // store generation Gen with Members under Epoch
 	MsgStoreGenOK                    // stored
@@ -48,6 +48,8 @@ const (
 	MsgConfirm                       // to the witness: accept a write of Epoch in Gen (no data); answered with WriteOK
 	MsgRelease                       // the primary of Epoch stepped down and serves nothing more (epoch.go, rule 5)
 	MsgReleaseOK                     // the release was recorded
+	MsgResolve                       // the recovered extents in the payload (u64 each; none: the whole volume) were resent under Epoch: flush, then forget them (recovered.go)
+	MsgResolveOK                     // flushed and forgotten
 	msgTypeEnd
 )
 
@@ -70,6 +72,11 @@ const (
 	// FlagFenced on a Release: the node in Members (one) was fenced; the
 	// sender acts for the cluster and releases whatever that node holds.
 	FlagFenced uint8 = 1 << 5
+	// FlagRecovering on a Promise: the replica re-verified extents after
+	// a crash that no primary has resent yet (recovered.go), so it is
+	// not a complete up-to-date copy. The last Length extents of the
+	// payload are those; Length 0 means the whole volume.
+	FlagRecovering uint8 = 1 << 6
 )
 
 const (
@@ -85,7 +92,9 @@ const (
 	// bad blocks one answer lists (all of them, at 4 KiB per block).
 	MaxVerifyBytes  = 16 << 20
 	MaxVerifyBlocks = MaxVerifyBytes / BlockBytes
-	maxHotExtents   = alMaxExtents
+	// A promise names the hot extents (at most a slot of the activity
+	// log) and the recovered ones (recovered.go).
+	maxPromiseExtents = alMaxExtents + maxRecoveredExtents
 
 	// Field offsets in the header.
 	offLength     = 56
@@ -101,7 +110,9 @@ func payloadLimit(t MsgType) int {
 	case MsgWrite, MsgSyncWrite, MsgReadOK:
 		return MaxPayloadBytes
 	case MsgPromise:
-		return 8 * maxHotExtents
+		return 8 * maxPromiseExtents
+	case MsgResolve:
+		return 8 * maxRecoveredExtents
 	case MsgRefuse, MsgFailed:
 		return maxTextBytes
 	case MsgDigest:
@@ -183,7 +194,7 @@ func (m *Message) check() error {
 	if len(m.Members) > maxMembers {
 		return badf("%d members, at most %d", len(m.Members), maxMembers)
 	}
-	if m.Flags&^(FlagFUA|FlagSync|FlagQuery|FlagBlank|FlagReleased|FlagFenced) != 0 {
+	if m.Flags&^(FlagFUA|FlagSync|FlagQuery|FlagBlank|FlagReleased|FlagFenced|FlagRecovering) != 0 {
 		return badf("unknown flags %#x", m.Flags)
 	}
 	if lim := payloadLimit(m.Type); len(m.Payload) > lim {
@@ -197,6 +208,16 @@ func (m *Message) check() error {
 	case MsgPromise:
 		if len(m.Payload)%8 != 0 {
 			return badf("promise with %d bytes of hot extents", len(m.Payload))
+		}
+		if m.Flags&FlagRecovering == 0 && m.Length != 0 {
+			return badf("promise with %d recovered extents but no recovering flag", m.Length)
+		}
+		if uint64(m.Length) > uint64(len(m.Payload)/8) || m.Length > maxRecoveredExtents {
+			return badf("promise with %d recovered extents in %d extents", m.Length, len(m.Payload)/8)
+		}
+	case MsgResolve:
+		if len(m.Payload)%8 != 0 {
+			return badf("resolve with %d bytes of extents", len(m.Payload))
 		}
 	case MsgDigest:
 		if len(m.Payload) != 8 {
@@ -225,6 +246,9 @@ func (m *Message) check() error {
 	fenceRelease := m.Type == MsgRelease && m.Flags&FlagFenced != 0
 	if m.Flags&FlagFenced != 0 && m.Type != MsgRelease {
 		return badf("%v cannot be a fence release", m.Type)
+	}
+	if m.Flags&FlagRecovering != 0 && m.Type != MsgPromise {
+		return badf("only a promise can say its replica is recovering, not %v", m.Type)
 	}
 	if fenceRelease && (len(m.Members) != 1 || m.Members[0] == 0) {
 		return badf("a fence release names one node, not %v", m.Members)
@@ -312,7 +336,7 @@ func Decode(frame []byte) (*Message, error) {
 
 func (t MsgType) String() string {
 	names := [...]string{"", "Prepare", "Promise", "Refuse", "StoreGen", "StoreGenOK", "Write", "WriteOK", "Zero", "Flush", "FlushOK",
-		"SyncWrite", "Read", "ReadOK", "Digest", "DigestOK", "Failed", "Verify", "VerifyOK", "Confirm", "Release", "ReleaseOK"}
+		"SyncWrite", "Read", "ReadOK", "Digest", "DigestOK", "Failed", "Verify", "VerifyOK", "Confirm", "Release", "ReleaseOK", "Resolve", "ResolveOK"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}

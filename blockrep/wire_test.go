@@ -31,6 +31,31 @@ func sampleMessages() []*Message {
 		{Type: MsgRelease, Flags: FlagFenced, Volume: 7, From: 2, Seq: 51, Members: []NodeID{1}},
 		{Type: MsgReleaseOK, Volume: 7, From: 3, Seq: 51},
 		{Type: MsgPromise, Flags: FlagReleased, Volume: 7, From: 3, Epoch: 10, Gen: Gen{9, 1}, Members: []NodeID{1, 3}},
+		// One hot extent (5), one recovered (9); then a whole volume.
+		{Type: MsgPromise, Flags: FlagRecovering, Volume: 7, From: 3, Epoch: 11, Gen: Gen{9, 1}, Members: []NodeID{1, 3}, Length: 1,
+			Payload: []byte{0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 9}},
+		{Type: MsgPromise, Flags: FlagRecovering, Volume: 7, From: 3, Epoch: 11, Gen: Gen{9, 1}, Members: []NodeID{1, 3}},
+		{Type: MsgResolve, Volume: 7, From: 1, Epoch: 11, Seq: 52, Payload: []byte{0, 0, 0, 0, 0, 0, 0, 9}},
+		{Type: MsgResolve, Volume: 7, From: 1, Epoch: 11, Seq: 53},
+		{Type: MsgResolveOK, Volume: 7, From: 3, Epoch: 11, Seq: 53},
+	}
+}
+
+func TestPromiseExtents(t *testing.T) {
+	ms := sampleMessages()
+	for _, c := range []struct {
+		m              *Message
+		hot, recovered []int64
+		whole          bool
+	}{
+		{ms[8], []int64{5}, nil, false},
+		{ms[22], []int64{5}, []int64{9}, false},
+		{ms[23], nil, nil, true},
+	} {
+		hot, rec, whole := PromiseExtents(c.m)
+		if !reflect.DeepEqual(hot, c.hot) || !reflect.DeepEqual(rec, c.recovered) || whole != c.whole {
+			t.Errorf("%+v: hot %v recovered %v whole %v, want %v %v %v", c.m, hot, rec, whole, c.hot, c.recovered, c.whole)
+		}
 	}
 }
 
@@ -91,6 +116,14 @@ func TestWireRefusesMalformed(t *testing.T) {
 		{Type: MsgRelease, Flags: FlagFenced, Members: []NodeID{1, 2}},
 		{Type: MsgRelease, Flags: FlagFenced, Members: []NodeID{0}},
 		{Type: MsgPrepare, Epoch: 1, Flags: FlagFenced},
+		{Type: MsgPromise, Epoch: 1, Length: 1, Payload: make([]byte, 8)},                        // recovered extents without the flag
+		{Type: MsgPromise, Epoch: 1, Flags: FlagRecovering, Length: 2, Payload: make([]byte, 8)}, // more recovered than listed
+		{Type: MsgPromise, Epoch: 1, Flags: FlagRecovering, Length: maxRecoveredExtents + 1, Payload: make([]byte, 8*(maxRecoveredExtents+1))},
+		{Type: MsgPrepare, Epoch: 1, Flags: FlagRecovering},
+		{Type: MsgResolve, Epoch: 1, Flags: FlagRecovering},
+		{Type: MsgResolve, Epoch: 1, Payload: []byte{1, 2, 3}},
+		{Type: MsgResolve, Epoch: 1, Payload: make([]byte, 8*(maxRecoveredExtents+1))},
+		{Type: MsgResolve},
 	}
 	for i, m := range bad {
 		if _, err := Encode(nil, m); !errors.Is(err, ErrBadMessage) {

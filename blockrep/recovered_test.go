@@ -1,0 +1,112 @@
+package blockrep
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+// crashStore drops a store as a crash would: no flush, no clean mark.
+func crashStore(s *Store) {
+	s.al.close()
+	s.closeFiles()
+}
+
+func reopen(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := OpenStore(dir, StoreOptions{ALExtents: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func wantRecovered(t *testing.T, s *Store, want []int64, wantWhole bool, when string) {
+	t.Helper()
+	es, whole := s.Recovered()
+	if whole != wantWhole || !slices.Equal(es, want) {
+		t.Fatalf("%s: recovered %v whole %v, want %v whole %v", when, es, whole, want, wantWhole)
+	}
+}
+
+// The extents re-verified after a crash stay recorded through further
+// crashes and clean restarts until they are resolved, and the resolution
+// is durable. Before, they were kept in memory only and the log was
+// marked clean at open: the second start forgot them.
+func TestRecoveredRecordIsDurable(t *testing.T) {
+	s, dir := newStore(t, 64<<20, StoreOptions{ALExtents: 4})
+	for _, off := range []int64{1 << 20, 9 << 20} {
+		if err := s.WriteAt(bytes.Repeat([]byte{1}, 4096), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crashStore(s)
+	s = reopen(t, dir)
+	wantRecovered(t, s, []int64{0, 2}, false, "after a crash")
+	crashStore(s) // a second crash before any resend: the log is clean now
+	s = reopen(t, dir)
+	wantRecovered(t, s, []int64{0, 2}, false, "after a second crash")
+	// A write to another extent, then a crash: both kinds add up.
+	if err := s.WriteAt(bytes.Repeat([]byte{2}, 4096), 20<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	crashStore(s)
+	s = reopen(t, dir)
+	wantRecovered(t, s, []int64{0, 2, 5}, false, "after a third crash")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = reopen(t, dir)
+	wantRecovered(t, s, []int64{0, 2, 5}, false, "after a clean restart")
+	if err := s.ResolveRecovered([]int64{2, 7}, false); err != nil {
+		t.Fatal(err)
+	}
+	wantRecovered(t, s, []int64{0, 5}, false, "after resolving extent 2")
+	crashStore(s)
+	s = reopen(t, dir)
+	wantRecovered(t, s, []int64{0, 5}, false, "after a crash past the resolve")
+	if err := s.ResolveRecovered([]int64{0, 5}, false); err != nil {
+		t.Fatal(err)
+	}
+	if s.Recovering() {
+		t.Fatal("still recovering after every extent was resolved")
+	}
+	if _, err := os.Stat(filepath.Join(dir, recoveredFileName)); !os.IsNotExist(err) {
+		t.Fatalf("an empty record left its file: %v", err)
+	}
+	s.Close()
+}
+
+// Past its bound the record says "the whole volume"; an unreadable one
+// too (the safe side); resolving the whole volume clears it.
+func TestRecoveredRecordBoundAndDamage(t *testing.T) {
+	s, dir := newStore(t, 64<<20, StoreOptions{ALExtents: 4})
+	many := make([]int64, maxRecoveredExtents+1)
+	for i := range many {
+		many[i] = int64(i)
+	}
+	if err := s.rec.add(many); err != nil {
+		t.Fatal(err)
+	}
+	wantRecovered(t, s, nil, true, "past the bound")
+	s.Close()
+	s = reopen(t, dir)
+	wantRecovered(t, s, nil, true, "past the bound, reopened")
+	if err := s.ResolveRecovered([]int64{1}, false); err != nil {
+		t.Fatal(err)
+	}
+	wantRecovered(t, s, nil, true, "one extent resolved of a whole volume")
+	if err := s.ResolveRecovered(nil, true); err != nil {
+		t.Fatal(err)
+	}
+	wantRecovered(t, s, nil, false, "whole volume resolved")
+	s.Close()
+	if err := os.WriteFile(filepath.Join(dir, recoveredFileName), []byte("{torn"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = reopen(t, dir)
+	defer s.Close()
+	wantRecovered(t, s, nil, true, "unreadable record")
+}

@@ -1,0 +1,217 @@
+package blockrep
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// How a primary treats replicas that crashed (recovered.go): a recovering
+// peer is resent its recovered extents, then told so (MsgResolve), and
+// only then may it join the generation's set; a recovering candidate
+// fetches its own recovered extents from a member that is not recovering
+// them before it serves.
+
+// recoveredInfo is what a promise said of a replica's recovered extents.
+type recoveredInfo struct {
+	extents []int64
+	whole   bool
+}
+
+func (r recoveredInfo) covers(extent int64) bool {
+	return r.whole || slices.Contains(r.extents, extent)
+}
+
+// noteRecovered records a peer's recovered extents and marks them for
+// resend (the whole volume: a digest comparison). Called with p.mu held
+// or before the primary is shared.
+func (p *Primary) noteRecovered(pe *peer, r recoveredInfo) {
+	pe.recovering, pe.recovered, pe.recoveredWhole = true, slices.Clone(r.extents), r.whole
+	if r.whole {
+		pe.digest = true
+		return
+	}
+	for _, x := range r.extents {
+		pe.missed.Mark(x*ExtentBytes, ExtentBytes)
+	}
+}
+
+// recoveredSent says whether none of the peer's recovered extents is
+// still marked (and, for the whole volume, no comparison is pending):
+// after a resend pass without error, they were all sent. p.mu held.
+func (p *Primary) recoveredSent(pe *peer) bool {
+	if pe.recoveredWhole {
+		return !pe.digest && pe.missed.Count() == 0
+	}
+	rb := pe.missed.RegionBytes()
+	for _, x := range pe.recovered {
+		first := x * ExtentBytes / rb
+		if r := pe.missed.Next(first); r >= 0 && r*rb < (x+1)*ExtentBytes {
+			return false
+		}
+	}
+	return true
+}
+
+// resolvePeer tells a recovering peer, once its recovered extents were
+// all resent on link l, to flush them and forget them.
+func (p *Primary) resolvePeer(pe *peer, l *link) error {
+	p.mu.Lock()
+	if !pe.recovering {
+		p.mu.Unlock()
+		return nil
+	}
+	if pe.link != l || !p.recoveredSent(pe) {
+		p.mu.Unlock()
+		return fmt.Errorf("node %d: recovered extents not all resent yet", pe.id)
+	}
+	es, whole, e := slices.Clone(pe.recovered), pe.recoveredWhole, p.epoch
+	p.mu.Unlock()
+	m := &Message{Type: MsgResolve, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: e}
+	if !whole {
+		if len(es) == 0 {
+			return errors.New("a resolve must name extents or the whole volume") // not reached: recovering has one or the other
+		}
+		for _, x := range es {
+			m.Payload = binary.BigEndian.AppendUint64(m.Payload, uint64(x))
+		}
+	}
+	a, err := l.call(m, p.cfg.PeerTimeout*2)
+	if err != nil {
+		return err
+	}
+	if a.Type != MsgResolveOK {
+		if a.Type == MsgRefuse && a.Epoch > e {
+			p.depose(&Refusal{From: a.From, Promised: a.Epoch, Reason: string(a.Payload)})
+		}
+		return fmt.Errorf("node %d did not resolve its recovered extents: %v %s", pe.id, a.Type, a.Payload)
+	}
+	p.mu.Lock()
+	if pe.link == l {
+		pe.recovering, pe.recovered, pe.recoveredWhole = false, nil, false
+	}
+	p.mu.Unlock()
+	p.log.Info("replica's recovered extents were resent; it is a complete copy again", "replica", pe.id,
+		"extents", len(es), "whole_volume", whole)
+	return nil
+}
+
+// fetchOwnRecovered brings this candidate's recovered extents up to date
+// from members of the newest generation that are not recovering them
+// (their copies hold every acknowledged write), comparing digests so
+// that only the regions that differ cross the network. An extent that
+// every reachable member is recovering has no better copy: this node's
+// stands, and that is logged loudly. Then the record is resolved.
+func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredInfo) error {
+	own, ok := rec[p.cfg.Self]
+	if !ok {
+		return nil
+	}
+	start := time.Now()
+	extents := own.extents
+	nExtents := (p.Size() + ExtentBytes - 1) / ExtentBytes
+	if own.whole {
+		extents = make([]int64, 0, nExtents)
+		for x := int64(0); x < nExtents; x++ {
+			extents = append(extents, x)
+		}
+	}
+	var fetchedBytes int64
+	var noSource []int64
+	for _, x := range extents {
+		if x < 0 || x >= nExtents {
+			continue
+		}
+		var sources []*link
+		p.mu.Lock()
+		for _, id := range members {
+			pe := p.peers[id]
+			if id == p.cfg.Self || pe == nil || pe.noData || pe.link == nil || !pe.link.alive() {
+				continue
+			}
+			if r, ok := rec[id]; ok && r.covers(x) {
+				continue
+			}
+			sources = append(sources, pe.link)
+		}
+		p.mu.Unlock()
+		if len(sources) == 0 {
+			noSource = append(noSource, x)
+			continue
+		}
+		var lastErr error
+		done := false
+		for _, l := range sources {
+			n, err := p.fetchExtent(l, x)
+			if err == nil {
+				fetchedBytes += n
+				done = true
+				break
+			}
+			lastErr = err
+		}
+		if !done {
+			// A good copy exists but could not be read: serving this
+			// node's copy could undo acknowledged writes.
+			return fmt.Errorf("this node crashed and may lack acknowledged writes in extent %d; no member that holds them could supply it: %w", x, lastErr)
+		}
+	}
+	if len(noSource) > 0 {
+		p.log.Error("this node crashed and re-verified extents that every reachable member is recovering too: no better copy exists, serving this node's (acknowledged writes there may be lost)",
+			"extents", fmt.Sprint(noSource), "members", fmt.Sprint(members))
+	}
+	if err := p.Store().ResolveRecovered(own.extents, own.whole); err != nil {
+		return err
+	}
+	p.log.Warn("this node crashed before; its recovered extents were brought up to date from members that have them", "extents", len(extents),
+		"without_source", len(noSource), "fetched_bytes", fetchedBytes, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// fetchExtent makes one extent here equal to the copy behind l: digests
+// first, then the regions that differ. It returns the bytes fetched.
+func (p *Primary) fetchExtent(l *link, x int64) (int64, error) {
+	rb := p.cfg.RegionBytes
+	off := x * ExtentBytes
+	n := min(int64(ExtentBytes), p.Size()-off)
+	// One request: an extent is far fewer than MaxDigestRegions regions.
+	req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
+		Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}
+	a, err := l.call(req, p.cfg.PeerTimeout*2)
+	if err != nil {
+		return 0, err
+	}
+	if a.Type != MsgDigestOK {
+		return 0, fmt.Errorf("digests of extent %d from node %d: %v %s", x, a.From, a.Type, a.Payload)
+	}
+	mine, err := p.cfg.Local.Digests(off, n, rb)
+	if err != nil {
+		return 0, err
+	}
+	if len(a.Payload) != 8*len(mine) {
+		return 0, fmt.Errorf("node %d sent %d digests for %d regions", a.From, len(a.Payload)/8, len(mine))
+	}
+	var fetched int64
+	for i, d := range mine {
+		if binary.BigEndian.Uint64(a.Payload[8*i:]) == d {
+			continue
+		}
+		roff := off + int64(i)*rb
+		rn := min(rb, off+n-roff)
+		r, err := l.call(&Message{Type: MsgRead, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
+			Offset: uint64(roff), Length: uint32(rn)}, p.cfg.PeerTimeout*2)
+		if err != nil {
+			return fetched, err
+		}
+		if r.Type != MsgReadOK || int64(len(r.Payload)) != rn {
+			return fetched, fmt.Errorf("read of %d+%d from node %d: %v %s", roff, rn, r.From, r.Type, truncText(string(r.Payload)))
+		}
+		if err := p.Store().WriteAt(r.Payload, roff, false); err != nil {
+			return fetched, fmt.Errorf("writing fetched %d+%d here: %w", roff, rn, err)
+		}
+		fetched += rn
+	}
+	return fetched, nil
+}
