@@ -505,6 +505,11 @@ func (p *Primary) connectAsync() {
 				conn.Close()
 				return
 			}
+			// A new link means the peer may have restarted since the
+			// last one (its link died after maintain's sweep): it
+			// rejoins (promise, hot and recovered extents) before it
+			// takes member writes again, never slips back in.
+			p.dropLink(pe)
 			pe.link = newLink(pe.id, conn)
 		}()
 	}
