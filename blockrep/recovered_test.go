@@ -2,10 +2,13 @@ package blockrep
 
 import (
 	"bytes"
+	"flag"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"pgregory.net/rapid"
 )
 
 // crashStore drops a store as a crash would: no flush, no clean mark.
@@ -14,7 +17,13 @@ func crashStore(s *Store) {
 	s.closeFiles()
 }
 
-func reopen(t *testing.T, dir string) *Store {
+// fataler is what both testing.T and rapid.T offer.
+type fataler interface {
+	Helper()
+	Fatal(args ...any)
+}
+
+func reopen(t fataler, dir string) *Store {
 	t.Helper()
 	s, err := OpenStore(dir, StoreOptions{ALExtents: 4})
 	if err != nil {
@@ -109,4 +118,77 @@ func TestRecoveredRecordBoundAndDamage(t *testing.T) {
 	s = reopen(t, dir)
 	defer s.Close()
 	wantRecovered(t, s, nil, true, "unreadable record")
+}
+
+// TestRecoveredRecordModel: random writes, crashes, clean restarts and
+// resolutions against a model of what a crash may have left old (the
+// extents the log held hot at each crash, less those resolved since): the
+// record names exactly those after every open, or the whole volume once
+// they exceed its bound; it never forgets one.
+func TestRecoveredRecordModel(t *testing.T) {
+	if raceEnabled {
+		if f := flag.Lookup("rapid.checks"); f != nil && f.Value.String() == "100" {
+			f.Value.Set("15")
+			defer f.Value.Set("100")
+		}
+	}
+	rapid.Check(t, func(rt *rapid.T) {
+		const size = 32 << 20
+		const extents = size / ExtentBytes
+		dir := filepath.Join(fastTempDir(t), "vol")
+		s, err := CreateStore(dir, size, StoreOptions{ALExtents: 2})
+		if err != nil {
+			rt.Fatal(err)
+		}
+		suspect := map[int64]bool{}
+		check := func(when string) {
+			es, whole := s.Recovered()
+			if whole {
+				rt.Fatalf("%s: whole volume for %d suspect extents (bound %d)", when, len(suspect), maxRecoveredExtents)
+			}
+			var want []int64
+			for e := range suspect {
+				want = append(want, e)
+			}
+			slices.Sort(want)
+			if !slices.Equal(es, want) {
+				rt.Fatalf("%s: recovered %v, want %v", when, es, want)
+			}
+		}
+		for i := 0; i < 30; i++ {
+			switch rapid.IntRange(0, 4).Draw(rt, "op") {
+			case 0, 1:
+				off := rapid.Int64Range(0, size-4096).Draw(rt, "off")
+				if err := s.WriteAt(make([]byte, 4096), off, false); err != nil {
+					rt.Fatal(err)
+				}
+			case 2:
+				for _, e := range s.HotExtents() {
+					suspect[e] = true
+				}
+				crashStore(s)
+				s = reopen(rt, dir)
+				check("after a crash")
+			case 3:
+				if err := s.Close(); err != nil {
+					rt.Fatal(err)
+				}
+				s = reopen(rt, dir)
+				check("after a clean restart")
+			case 4:
+				var res []int64
+				for e := int64(0); e < extents; e++ {
+					if rapid.Bool().Draw(rt, "resolve") {
+						res = append(res, e)
+						delete(suspect, e)
+					}
+				}
+				if err := s.ResolveRecovered(res, false); err != nil {
+					rt.Fatal(err)
+				}
+				check("after a resolve")
+			}
+		}
+		s.Close()
+	})
 }
