@@ -478,13 +478,18 @@ func (d *Decoder) applyBatch(f *Frame, ram []byte, st PageStats) (PageStats, err
 
 // maxZeroFillPages is the longest run of zero pages inside a sparse frame
 // that the destination writes as zeros while its RAM is fresh
-// (SetSkipZero), to keep the frame's data pages in one pwritev: each
-// system call costs more than writing a few zero pages (1 GiB of a
-// half-zero guest's data pages, each with its own pwrite, took ~7 µs a
-// page here, where whole 1 MiB writes take ~1.3 µs a page). The price is
-// memory: those zero pages are allocated at the destination. Longer zero
-// runs are skipped, as zero run frames are.
-const maxZeroFillPages = 4
+// (SetSkipZero), to keep the frame's data pages in one pwritev. It is 0:
+// every zero page of fresh RAM is left alone, at the price of one pwrite
+// per data run. Writing short gaps as zeros saved system calls, but
+// allocated the zero pages too, and allocating shmem pages is what costs
+// most at the destination: on this VM 0.7 CPU-s per GiB for pages freed
+// moments before and 2.5 to 3 CPU-s per GiB for memory the VM had not
+// touched lately (host faults), against ~1.5 µs for each extra pwrite.
+// Side by side (BENCHMARKS.md, fourth pass), 3 x 4 GiB half-zero over TCP
+// took 36.7 CPU-s with gaps of up to 4 pages filled and 24.2 without.
+//
+// A variable only so that BenchmarkMigrateBulk can compare settings.
+var maxZeroFillPages = 0
 
 // applySparse writes a sparse frame's pages (see sparsePrefixBytes): data
 // pages from the payload, zero pages cleared (or left alone on fresh RAM).

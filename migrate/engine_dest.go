@@ -372,6 +372,11 @@ func (d *dest) receive(ctx context.Context, conn Conn, enc *Encoder, dec *Decode
 // mapping; always true otherwise.
 var destRAMByFile = true
 
+// destChunkSums lets benchmarks compare taking the checksums of chunks
+// as written (Decoder.ChunkSum) against reading every chunk back; always
+// true otherwise.
+var destChunkSums = true
+
 // readPages applies one page stream's frames to RAM. At each RoundEnd it
 // rehashes the digest chunks the round wrote (they belong to this stream:
 // see chunkPages), reports, and waits for the round's acknowledgement.
@@ -440,7 +445,7 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 					send(destEvent{stream: i, err: corrupt("page %d arrived on stream %d, belongs to %d", p, i, StreamOf(uint64(p), streams))})
 					return
 				}
-				if crc, ok := dec.ChunkSum(c); ok {
+				if crc, ok := dec.ChunkSum(c); ok && destChunkSums {
 					// Wholly written this round by in-order run
 					// frames: the checksum of what was written.
 					digest.SetChunk(c, crc)

@@ -20,33 +20,41 @@ func BenchmarkMigrateBulk(b *testing.B) {
 	variants := []struct {
 		name              string
 		destFile, srcFile bool
+		chunkSums         bool // the destination's digest from what it wrote
+		zeroFillPages     int  // maxZeroFillPages
 	}{
-		{"mapped", false, false},
-		{"dest-file", true, false},
-		{"both-file", true, true},
+		{"mapped", false, false, false, 4},
+		{"dest-file", true, false, false, 4},
+		{"both-file", true, true, false, 4},
+		{"chunk-sums", true, true, true, 4},
+		{"chunk-sums-nofill", true, true, true, 0},
 	}
-	for _, v := range variants {
-		b.Run(v.name, func(b *testing.B) {
-			oldDest, oldSrc := destRAMByFile, sourceRAMByFile
-			destRAMByFile, sourceRAMByFile = v.destFile, v.srcFile
-			defer func() { destRAMByFile, sourceRAMByFile = oldDest, oldSrc }()
-			g, err := NewSynthGuest("bench-guest", SynthConfig{RAMBytes: ramBytes, Pattern: "uniform", Content: "random", Seed: 3})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer func() { g.Close() }()
-			g.Resume()
-			p := newTestPKI(b)
-			b.SetBytes(ramBytes)
-			cpuStart, moved := cpuTime(), 0
-			for b.Loop() {
-				next := benchMigrateOnce(b, p, g, TransportTCP, 4)
-				g.Close()
-				g = next
-				moved += ramBytes
-			}
-			b.ReportMetric((cpuTime()-cpuStart).Seconds()/(float64(moved)/1e9), "cpu-s/GB")
-		})
+	for _, content := range []string{"random", "halfzero"} {
+		for _, v := range variants {
+			b.Run(content+"/"+v.name, func(b *testing.B) {
+				oldDest, oldSrc, oldSums, oldFill := destRAMByFile, sourceRAMByFile, destChunkSums, maxZeroFillPages
+				destRAMByFile, sourceRAMByFile, destChunkSums, maxZeroFillPages = v.destFile, v.srcFile, v.chunkSums, v.zeroFillPages
+				defer func() {
+					destRAMByFile, sourceRAMByFile, destChunkSums, maxZeroFillPages = oldDest, oldSrc, oldSums, oldFill
+				}()
+				g, err := NewSynthGuest("bench-guest", SynthConfig{RAMBytes: ramBytes, Pattern: "uniform", Content: content, Seed: 3})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer func() { g.Close() }()
+				g.Resume()
+				p := newTestPKI(b)
+				b.SetBytes(ramBytes)
+				cpuStart, moved := cpuTime(), 0
+				for b.Loop() {
+					next := benchMigrateOnce(b, p, g, TransportTCP, 4)
+					g.Close()
+					g = next
+					moved += ramBytes
+				}
+				b.ReportMetric((cpuTime()-cpuStart).Seconds()/(float64(moved)/1e9), "cpu-s/GB")
+			})
+		}
 	}
 }
 

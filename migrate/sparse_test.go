@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/s2"
@@ -41,8 +42,15 @@ func TestSparseFrameRoundTrip(t *testing.T) {
 	const ramBytes = ramPages * PageBytes
 	for _, comp := range []Compression{CompressNone, CompressS2, CompressAuto, CompressZstd} {
 		for _, compressible := range []bool{false, true} {
-			for _, mode := range []string{"mapping-fresh", "mapping-dirty", "file-fresh", "file-dirty"} {
+			// file-fresh-fill: short zero gaps written as zeros (the
+			// setting before maxZeroFillPages became 0).
+			for _, mode := range []string{"mapping-fresh", "mapping-dirty", "file-fresh", "file-dirty", "file-fresh-fill"} {
 				t.Run(fmt.Sprintf("%s/compressible=%v/%s", comp, compressible, mode), func(t *testing.T) {
+					if mode == "file-fresh-fill" {
+						old := maxZeroFillPages
+						maxZeroFillPages = 4
+						defer func() { maxZeroFillPages = old }()
+					}
 					rng := rand.New(rand.NewPCG(5, 6))
 					src := make([]byte, ramBytes)
 					sparseSource(rng, src, compressible)
@@ -51,7 +59,7 @@ func TestSparseFrameRoundTrip(t *testing.T) {
 						t.Fatal(err)
 					}
 					defer dst.Close()
-					fresh := mode == "mapping-fresh" || mode == "file-fresh"
+					fresh := mode == "mapping-fresh" || mode == "file-fresh" || mode == "file-fresh-fill"
 					if !fresh {
 						for i := range dst.Bytes() {
 							dst.Bytes()[i] = 0xA5 // every zero page must be written
@@ -72,7 +80,7 @@ func TestSparseFrameRoundTrip(t *testing.T) {
 					dec := NewDecoder(&wire, ramPages)
 					defer dec.Close()
 					dec.SetSkipZero(fresh)
-					if mode == "file-fresh" || mode == "file-dirty" {
+					if strings.HasPrefix(mode, "file-") {
 						fd := ramFile(dst.Bytes())
 						if fd < 0 {
 							t.Fatal("no memfd under the Memory")
@@ -114,6 +122,17 @@ func TestSparseFrameRoundTrip(t *testing.T) {
 						for p := range ramPages {
 							if !bytes.Equal(dst.Page(p), src[p*PageBytes:(p+1)*PageBytes]) {
 								t.Fatalf("page %d differs", p)
+							}
+						}
+					}
+					if strings.HasPrefix(mode, "file-") {
+						// Each frame is a whole chunk: the decoder
+						// vouches for its checksum, which must be RAM's.
+						for c := 0; c*chunkPages < ramPages; c++ {
+							crc, ok := dec.ChunkSum(c)
+							from, to := c*chunkPages, min((c+1)*chunkPages, ramPages)
+							if want := crc32.Checksum(dst.Bytes()[from*PageBytes:to*PageBytes], castagnoli); !ok || crc != want {
+								t.Fatalf("chunk %d: checksum %#x (%v), RAM %#x", c, crc, ok, want)
 							}
 						}
 					}
