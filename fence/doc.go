@@ -28,9 +28,11 @@
 //     device, level, result, duration, error) and counters that never wrap,
 //     for `paddock status` and Prometheus.
 //   - lease.go: the self-fence lease, a pure state machine fed (nowMs,
-//     quorate) that says whether this node may still acknowledge writes, and
-//     the survivor's wait (lease + token + delay + stall, scaled for clock
-//     rate drift) before it may promote without a power fence. The comment
+//     quorate, anchor: the send time of the oldest of its own heartbeats
+//     its members echo) that says whether this node may still acknowledge
+//     writes, and the survivor's wait (lease + fence delay, scaled for
+//     clock rate drift, after the victim was last heard) before it may
+//     promote without a power fence. The comment
 //     at the top of lease.go states the margin, why, and what the daemon
 //     must provide for the wait to be safe.
 //   - methods.go: the StorageFencer interface (raise the epoch of the

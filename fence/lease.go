@@ -1,42 +1,49 @@
 package fence
 
 import (
+	"cmp"
 	"fmt"
 	"math/big"
+	"slices"
 )
 
 // The self-fence lease.
 //
-// A node may acknowledge writes only while it holds its lease. The lease is
-// renewed by every observation that the node is quorate and runs out LeaseMs
-// (default 2x the token timeout) after the last one. A node cut off from the
+// A node may acknowledge writes only while it holds its lease. The lease
+// runs LeaseMs (default 2x the token timeout) from its anchor, and the
+// anchor is measured on the node's own clock from its own heartbeats: when
+// the node is quorate, each peer among its members has echoed one of the
+// node's heartbeats (membership.Tracker.EchoAnchorMs), and the anchor is
+// the oldest send time among those echoes. A node cut off from the
 // majority therefore stops acknowledging writes on its own, whether or not
 // anyone can power it off (invariant 3).
 //
+// Anchoring on the node's own send times is what makes the lease short
+// to wait out (Raft's leader lease is measured the same way): a heartbeat
+// that reaches the node late, or is taken in after the process was paused,
+// vouches only for a send time that came before it, so neither message
+// delays nor stalls lengthen the lease, and no margin for them is needed.
+//
 // The other side of the bargain is SurvivorWaitMs: a quorate partition that
-// cannot verify a power fence waits that long after it stopped counting the
-// victim before it promotes a new primary. The wait covers, in the worst
-// case allowed by the config:
+// cannot verify a power fence waits that long after the victim was last
+// heard by any of its members (membership.Tracker.LastHeardBoundMs), on
+// its own clock, before it promotes a new primary. Every echo the victim
+// counts was sent by a peer after that peer heard the victim's heartbeat,
+// so the victim's anchor came before that receipt in real time, and its
+// lease ends at most LeaseMs of the victim's clock later. Clock rates may
+// be off by DriftPPM each way (ρ = DriftPPM/1e6): the victim's LeaseMs
+// lasts at most LeaseMs/(1-ρ) real ms, the survivor's wait of W lasts at
+// least W/(1+ρ). FenceDelayMs pays for the daemon's reaction: from the
+// lease's end to its primaries being fenced, on the victim's clock too.
+// So the wait is
 //
-//   - MaxMessageDelayMs: a heartbeat from the survivors, sent just before
-//     they stopped counting the victim, still reaching it;
-//   - StallMs: the victim's process pausing for less than StallMs (a GC
-//     pause, a busy host) and taking that heartbeat in only then (longer
-//     pauses are handled by the stall rule below);
-//   - TokenTimeoutMs: the victim's membership counting that heartbeat for
-//     one more token before it calls itself inquorate;
-//   - LeaseMs: the lease after the victim's last quorate observation;
-//   - clock rate drift: the victim measures token and lease on a clock that
-//     may run slow by DriftPPM, the survivor measures its wait on one that
-//     may run fast by DriftPPM. So the wait is
-//     ceil((1+ρ) * (MaxMessageDelayMs + StallMs + (TokenTimeoutMs+LeaseMs)/(1-ρ))) + 1
-//     with ρ = DriftPPM/1e6: its real length is always longer than the real
-//     length of the victim's remaining time (the +1 pays for both clocks
-//     being read in whole milliseconds).
+//	ceil((1+ρ) * (LeaseMs+FenceDelayMs)/(1-ρ)) + 1
 //
-// With the defaults (lease 2T, delay T, stall T/2, 2 %) the wait is about
-// 4.65 T after the survivors stop counting the victim, which is itself about
-// T after the victim was cut off.
+// (the +1 pays for both clocks being read in whole milliseconds). With the
+// defaults (lease 2T, 2 %, 100 ms) that is about 2.08 T + 0.1 s after the
+// victim was last heard, where the old stop-counting rule cost 4.65 T
+// after the survivors stopped counting it, itself a token after it was
+// last heard.
 //
 // Why DriftPPM defaults to 20000 (2 %): a quartz oscillator is off by up to
 // ~100 ppm and NTP's kernel discipline slews CLOCK_MONOTONIC by up to
@@ -48,41 +55,39 @@ import (
 //
 // What the wait relies on, and the daemon must provide:
 //
-//  1. After the survivors stop counting the victim (lostAtMs), nothing they
-//     send renews the victim's quorate view: a peer's heartbeat counts for
-//     the victim only while it lists the victim as heard.
-//  2. Heartbeats are delivered within MaxMessageDelayMs or not at all,
-//     except into a stalled receiver (a paused process, a VM stopped): see
-//     the stall rule below.
-//  3. The victim checks MayAck at the moment it acknowledges, on the same
-//     clock it feeds to Observe. A write whose ack was decided before the
-//     lease ended but sent after a pause is stopped by the storage epoch,
-//     not by the lease: the lease is one fence among several.
-//
-// The stall rule: when Observe is not called for longer than StallMs (the
-// process was paused, the host froze), the heartbeats queued in its socket
-// during the stall are old, and a quorate verdict built from them says
-// nothing about now. So after a stall, quorate observations renew the lease
-// only once the node has been seen quorate for TokenTimeoutMs +
-// MaxMessageDelayMs since it woke up: by then every stale heartbeat has aged
-// out of the membership view. The daemon must therefore call Observe more
-// often than every StallMs while it runs (every 100 ms, say).
+//  1. The victim's quorate verdicts need a peer of the survivors'
+//     partition among its members (two quorate memberships intersect), or
+//     a witness vote whose grant moved to the survivors before they count
+//     from it (the daemon takes the later of the two). A peer's vote
+//     counts for the victim only while that peer's heartbeat lists it as
+//     heard, and the anchor is that heartbeat's echo.
+//  2. The survivors' bound covers what their members' last heartbeats
+//     said: a member that hears the victim again before the promotion
+//     (a link that heals halfway) moves the bound at its next heartbeat,
+//     but one that hears it again after the promotion is a rejoin, and the
+//     storage epoch, not the lease, stops the old primary then (the lease
+//     is one fence among several).
+//  3. The victim fences its primaries within FenceDelayMs of the lease's
+//     end (the daemon arms a timer for ExpiresAtMs and also checks on
+//     every tick), on the clock its heartbeats were stamped with. A write
+//     whose ack was decided before the lease ended but sent after a pause
+//     is stopped by the storage epoch, not by the lease.
 
 // LeaseConfig is the lease's timing. Zero fields take defaults.
 type LeaseConfig struct {
-	TokenTimeoutMs    int64 `json:"token_timeout_ms"`     // membership's loss detection time
-	LeaseMs           int64 `json:"lease_ms"`             // default 2 * TokenTimeoutMs
-	MaxMessageDelayMs int64 `json:"max_message_delay_ms"` // default TokenTimeoutMs
-	DriftPPM          int64 `json:"drift_ppm"`            // default 20000
-	StallMs           int64 `json:"stall_ms"`             // default TokenTimeoutMs / 2
+	TokenTimeoutMs int64 `json:"token_timeout_ms"` // membership's loss detection time
+	LeaseMs        int64 `json:"lease_ms"`         // default 2 * TokenTimeoutMs
+	DriftPPM       int64 `json:"drift_ppm"`        // default 20000
+	FenceDelayMs   int64 `json:"fence_delay_ms"`   // default 100
 }
 
 // Lease limits.
 const (
-	maxLeaseTimeMs  = 3_600_000 // one hour: any lease field
-	maxDriftPPM     = 200_000   // 20 %: beyond that a clock is broken, not drifting
-	defaultDriftPPM = 20_000
-	ppm             = 1_000_000
+	maxLeaseTimeMs      = 3_600_000 // one hour: any lease field
+	maxDriftPPM         = 200_000   // 20 %: beyond that a clock is broken, not drifting
+	defaultDriftPPM     = 20_000
+	defaultFenceDelayMs = 100
+	ppm                 = 1_000_000
 )
 
 // WithDefaults fills zero fields.
@@ -90,14 +95,11 @@ func (c LeaseConfig) WithDefaults() LeaseConfig {
 	if c.LeaseMs == 0 {
 		c.LeaseMs = 2 * c.TokenTimeoutMs
 	}
-	if c.MaxMessageDelayMs == 0 {
-		c.MaxMessageDelayMs = c.TokenTimeoutMs
-	}
 	if c.DriftPPM == 0 {
 		c.DriftPPM = defaultDriftPPM
 	}
-	if c.StallMs == 0 {
-		c.StallMs = max(c.TokenTimeoutMs/2, 1)
+	if c.FenceDelayMs == 0 {
+		c.FenceDelayMs = defaultFenceDelayMs
 	}
 	return c
 }
@@ -108,7 +110,7 @@ func (c LeaseConfig) Validate() error {
 		name string
 		v    int64
 		min  int64
-	}{{"token_timeout_ms", c.TokenTimeoutMs, 1}, {"lease_ms", c.LeaseMs, 1}, {"max_message_delay_ms", c.MaxMessageDelayMs, 0}, {"stall_ms", c.StallMs, 1}} {
+	}{{"token_timeout_ms", c.TokenTimeoutMs, 1}, {"lease_ms", c.LeaseMs, 1}, {"fence_delay_ms", c.FenceDelayMs, 1}} {
 		if f.v < f.min || f.v > maxLeaseTimeMs {
 			return fmt.Errorf("lease: %s = %d, want %d..%d", f.name, f.v, f.min, maxLeaseTimeMs)
 		}
@@ -120,19 +122,19 @@ func (c LeaseConfig) Validate() error {
 }
 
 // SurvivorWaitMs is how long, on the survivor's clock, the survivor waits
-// after lostAtMs before it may treat the victim's lease as ended. See the
-// comment at the top of this file for the formula and its assumptions.
+// after the victim was last heard (lastHeardMs) before it may treat the
+// victim's lease as ended. See the comment at the top of this file for
+// the formula and its assumptions.
 func (c LeaseConfig) SurvivorWaitMs() int64 {
 	c = c.WithDefaults()
 	rho := big.NewInt(c.DriftPPM)
 	one := big.NewInt(ppm)
 	fast := new(big.Int).Add(one, rho) // survivor's clock rate bound, in ppm
 	slow := new(big.Int).Sub(one, rho) // victim's clock rate bound, in ppm
-	// (1+ρ) * (D+S + (T+L)/(1-ρ)) = fast*((D+S)*slow + (T+L)*ppm) / (slow*ppm)
-	num := new(big.Int).Mul(big.NewInt(c.MaxMessageDelayMs+c.StallMs), slow)
-	num.Add(num, new(big.Int).Mul(big.NewInt(c.TokenTimeoutMs+c.LeaseMs), one))
+	// (1+ρ) * (L+F)/(1-ρ) = fast*(L+F) / slow
+	num := big.NewInt(c.LeaseMs + c.FenceDelayMs)
 	num.Mul(num, fast)
-	den := new(big.Int).Mul(slow, one)
+	den := slow
 	q, r := new(big.Int).QuoRem(num, den, new(big.Int))
 	if r.Sign() > 0 {
 		q.Add(q, big.NewInt(1))
@@ -141,10 +143,10 @@ func (c LeaseConfig) SurvivorWaitMs() int64 {
 }
 
 // PromoteNotBeforeMs is the survivor-clock time before which the victim
-// may still hold its lease, given the survivor-clock time lostAtMs at which
-// the survivors stopped counting it.
-func (c LeaseConfig) PromoteNotBeforeMs(lostAtMs int64) int64 {
-	return lostAtMs + c.SurvivorWaitMs()
+// may still hold its lease, given a survivor-clock bound lastHeardMs on
+// when any member of the survivors' partition last heard it.
+func (c LeaseConfig) PromoteNotBeforeMs(lastHeardMs int64) int64 {
+	return lastHeardMs + c.SurvivorWaitMs()
 }
 
 // LeasePhase names where a node's lease is.
@@ -152,11 +154,14 @@ type LeasePhase string
 
 // Lease phases.
 const (
-	LeaseNever   LeasePhase = "never"   // never quorate since start: no lease
-	LeaseHeld    LeasePhase = "held"    // quorate now
+	LeaseNever   LeasePhase = "never"   // never renewed since start: no lease
+	LeaseHeld    LeasePhase = "held"    // quorate now, lease running
 	LeaseGrace   LeasePhase = "grace"   // inquorate, lease still running: may ack
 	LeaseExpired LeasePhase = "expired" // inquorate past the lease: self-fenced
-	LeaseWaking  LeasePhase = "waking"  // after a stall, quorate but not yet trusted
+	// LeaseWaking: quorate, but the echoes behind the verdict are too old
+	// to keep the lease running (after a stall, or while the peers'
+	// heartbeats lag): self-fenced until fresh echoes arrive.
+	LeaseWaking LeasePhase = "waking"
 )
 
 // LeaseState is the answer to one Observe.
@@ -164,24 +169,27 @@ type LeaseState struct {
 	Phase       LeasePhase `json:"phase"`
 	MayAck      bool       `json:"may_ack"`
 	Quorate     bool       `json:"quorate"`
+	AnchorMs    int64      `json:"anchor_ms,omitempty"`     // the newest anchor; 0 when never held
 	ExpiresAtMs int64      `json:"expires_at_ms,omitempty"` // end of the lease; 0 when never held
 	RemainingMs int64      `json:"remaining_ms"`
 }
 
+// MayAckAt says whether the lease runs at nowMs (for checks between
+// observations: the state is only as fresh as its last Observe).
+func (s LeaseState) MayAckAt(nowMs int64) bool {
+	return s.ExpiresAtMs != 0 && nowMs < s.ExpiresAtMs
+}
+
 // Lease is the self-fence state machine of one node. It does no I/O and
-// reads no clock: the daemon feeds it (nowMs, quorate) on every membership
-// change and every tick (well under StallMs apart), and obeys MayAck.
+// reads no clock: the daemon feeds it (nowMs, quorate, anchorMs) on every
+// membership change and every tick, and obeys MayAck.
 // Not safe for concurrent use.
 type Lease struct {
-	cfg           LeaseConfig
-	started       bool
-	lastNowMs     int64
-	lastRenewMs   int64
-	held          bool  // renewed at least once
-	wokeAtMs      int64 // when the last stall ended
-	quorateSince  int64 // first quorate observation of the current quorate run
-	wasQuorate    bool
-	pendingWaking bool // a stall ended and quorate has not yet held long enough since
+	cfg       LeaseConfig
+	started   bool
+	lastNowMs int64
+	anchorMs  int64
+	held      bool // renewed at least once
 }
 
 // NewLease returns a lease that is not held (a node may not ack before it
@@ -197,36 +205,25 @@ func NewLease(cfg LeaseConfig) (*Lease, error) {
 // Config returns the config with defaults filled in.
 func (l *Lease) Config() LeaseConfig { return l.cfg }
 
-// Observe feeds one observation and returns the state at nowMs. Time that
-// goes backwards is taken as no time passing (it never lengthens a lease).
-func (l *Lease) Observe(nowMs int64, quorate bool) LeaseState {
+// Observe feeds one observation and returns the state at nowMs. anchorMs
+// is meaningful when quorate: the send time, on this node's clock, of the
+// oldest heartbeat its members vouch for (anchorOK false: none recent
+// enough, which renews nothing). An anchor after nowMs counts as nowMs,
+// one before the current anchor changes nothing, and time that goes
+// backwards is taken as no time passing: nothing lengthens a lease but a
+// newer echo.
+func (l *Lease) Observe(nowMs int64, quorate bool, anchorMs int64, anchorOK bool) LeaseState {
 	if l.started && nowMs < l.lastNowMs {
 		nowMs = l.lastNowMs
 	}
-	if l.started && nowMs-l.lastNowMs > l.cfg.StallMs {
-		// Stalled: what the membership says now may be built from old
-		// heartbeats. Distrust quorate until it has held long enough.
-		l.pendingWaking = true
-		l.wokeAtMs = nowMs
-		l.wasQuorate = false
-	}
 	l.started = true
 	l.lastNowMs = nowMs
-
-	if quorate {
-		if !l.wasQuorate {
-			l.quorateSince = nowMs
+	if quorate && anchorOK {
+		anchorMs = min(anchorMs, nowMs)
+		if !l.held || anchorMs > l.anchorMs {
+			l.anchorMs = anchorMs
 		}
-		l.wasQuorate = true
-		if l.pendingWaking && nowMs-l.quorateSince > l.cfg.TokenTimeoutMs+l.cfg.MaxMessageDelayMs && l.quorateSince >= l.wokeAtMs {
-			l.pendingWaking = false
-		}
-		if !l.pendingWaking {
-			l.lastRenewMs = nowMs
-			l.held = true
-		}
-	} else {
-		l.wasQuorate = false
+		l.held = true
 	}
 	return l.state(nowMs, quorate)
 }
@@ -235,20 +232,16 @@ func (l *Lease) state(nowMs int64, quorate bool) LeaseState {
 	st := LeaseState{Quorate: quorate}
 	if !l.held {
 		st.Phase = LeaseNever
-		if l.pendingWaking && quorate {
-			st.Phase = LeaseWaking
-		}
 		return st
 	}
-	st.ExpiresAtMs = l.lastRenewMs + l.cfg.LeaseMs
+	st.AnchorMs = l.anchorMs
+	st.ExpiresAtMs = l.anchorMs + l.cfg.LeaseMs
 	st.RemainingMs = max(st.ExpiresAtMs-nowMs, 0)
 	st.MayAck = nowMs < st.ExpiresAtMs
 	switch {
-	case quorate && !l.pendingWaking:
+	case quorate && st.MayAck:
 		st.Phase = LeaseHeld
 	case quorate:
-		// Waking: the lease renewed before the stall still counts (the
-		// survivors' wait covers it); the quorate verdict does not renew.
 		st.Phase = LeaseWaking
 	case st.MayAck:
 		st.Phase = LeaseGrace
@@ -256,4 +249,35 @@ func (l *Lease) state(nowMs int64, quorate bool) LeaseState {
 		st.Phase = LeaseExpired
 	}
 	return st
+}
+
+// VoteAnchor is one source of votes behind a quorate verdict (a member
+// peer, the witness) and the anchor it vouches for: the send time, on
+// this node's clock, of the newest heartbeat or report of this node it
+// has answered.
+type VoteAnchor struct {
+	Votes    uint32
+	AnchorMs int64
+}
+
+// QuorumAnchorMs is the newest anchor a quorum vouches for: the largest t
+// such that selfVotes plus the votes of the sources whose anchor is at
+// least t reach quorumVotes. A member that lags (its echoes old) then
+// does not shorten the lease while the others make a quorum without it.
+// With selfVotes alone enough (two_node), the anchor is nowMs; ok is
+// false when all the sources together do not reach quorumVotes.
+func QuorumAnchorMs(nowMs int64, selfVotes, quorumVotes uint32, sources []VoteAnchor) (int64, bool) {
+	if selfVotes >= quorumVotes {
+		return nowMs, true
+	}
+	sorted := slices.Clone(sources)
+	slices.SortFunc(sorted, func(a, b VoteAnchor) int { return cmp.Compare(b.AnchorMs, a.AnchorMs) })
+	votes := selfVotes
+	for _, s := range sorted {
+		votes += s.Votes
+		if votes >= quorumVotes {
+			return min(s.AnchorMs, nowMs), true
+		}
+	}
+	return 0, false
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/paddock-io/paddock/blockrep"
 	"github.com/paddock-io/paddock/fence"
+	"github.com/paddock-io/paddock/quorum/membership"
 )
 
 // HA: what a node does when a volume's primary is lost, and when it loses
@@ -30,8 +31,9 @@ import (
 //     not safety). For each volume whose primary is not a member, the
 //     acting node fences that node through its levels (if it has any),
 //     and once the fence is verified, or once the lost node's lease has
-//     surely run out (fence.LeaseConfig.PromoteNotBeforeMs, with a margin
-//     for clock drift), it moves the primary role to the replica with the
+//     surely run out (fence.LeaseConfig.PromoteNotBeforeMs of the last
+//     time any member heard it, with a margin for clock drift), it moves
+//     the primary role to the replica with the
 //     newest generation among the members. That node promotes itself
 //     (epoch + 1 on a quorum of replicas), which is also the storage
 //     fence: the old primary's epoch is refused from then on.
@@ -63,6 +65,7 @@ type haAgent struct {
 	lastFence  map[uint32]int64
 	proposing  map[string]bool
 	leaseState fence.LeaseState
+	expiry     *time.Timer // fires at leaseState's end (observeLease)
 	// netFencing and netDone: the network fence of a lost node runs once
 	// per loss (node/netfence.go); forgotten when it is a member again
 	// or unfenced.
@@ -122,10 +125,7 @@ func (a *haAgent) tick(ctx context.Context) {
 	members := slices.Clone(d.status.Quorum.Members)
 	d.mu.Unlock()
 	now := nowMs()
-	st := a.lease.Observe(now, quorate)
-	a.mu.Lock()
-	a.leaseState = st
-	a.mu.Unlock()
+	st := a.observeLease(quorate, members)
 	if !st.MayAck {
 		a.m.selfFence(fmt.Sprintf("self-fenced: lease %s (inquorate)", st.Phase))
 	}
@@ -188,8 +188,9 @@ func (a *haAgent) tick(ctx context.Context) {
 		go a.checkStalePrimary(ctx, v, members)
 	}
 	waitCfg := a.lease.Config()
+	hbNow := d.hb.NowMs()
 	for _, v := range cfg.Volumes {
-		lost, ok := a.lostAt[v.Primary]
+		_, ok := a.lostAt[v.Primary]
 		if !ok || a.proposing[v.Name] || a.m.tookOver(v.Name) {
 			continue
 		}
@@ -199,7 +200,7 @@ func (a *haAgent) tick(ctx context.Context) {
 			a.fencing[v.Primary], a.lastFence[v.Primary] = true, now
 			go a.fence(ctx, v.Primary, plan)
 		}
-		if !a.fenced[v.Primary] && now < waitCfg.PromoteNotBeforeMs(lost) {
+		if !a.fenced[v.Primary] && hbNow < waitCfg.PromoteNotBeforeMs(a.lastHeardBoundMs(v.Primary, members, hbNow)) {
 			continue
 		}
 		// The node is fenced (verified) or its lease has run out: the
@@ -214,6 +215,84 @@ func (a *haAgent) tick(ctx context.Context) {
 		a.proposing[v.Name] = true
 		go a.failover(ctx, v, members, true)
 	}
+}
+
+// observeLease feeds the self-fence lease. Its clock is the heartbeat
+// transport's (monotonic, from the daemon's start), the one the anchors
+// are measured on: the send times of this node's own heartbeats that the
+// members echo (fence/lease.go), and of the witness reports behind a
+// vote it holds. It also arms the timer that fences the primaries at the
+// lease's end, should the next tick come late.
+func (a *haAgent) observeLease(quorate bool, members []uint32) fence.LeaseState {
+	d := a.m.d
+	d.mu.Lock()
+	qv := d.status.Quorum
+	d.mu.Unlock()
+	ids := make([]membership.NodeID, len(members))
+	for i, id := range members {
+		ids[i] = membership.NodeID(id)
+	}
+	echoes := d.hb.EchoAnchorsMs(ids)
+	now := d.hb.NowMs()
+	cfg := d.config()
+	self := d.loaded.Identity.ID
+	var selfVotes uint32
+	var sources []fence.VoteAnchor
+	for _, n := range cfg.Nodes {
+		if n.ID == self {
+			selfVotes = n.Votes
+		} else if at, ok := echoes[membership.NodeID(n.ID)]; ok {
+			sources = append(sources, fence.VoteAnchor{Votes: n.Votes, AnchorMs: at})
+		}
+	}
+	if w := qv.Witness; w != nil && w.Vote {
+		if at, _, ok := d.wit.evidence(now); ok {
+			sources = append(sources, fence.VoteAnchor{Votes: w.Votes, AnchorMs: at})
+		}
+	}
+	anchor, ok := fence.QuorumAnchorMs(now, selfVotes, qv.Quorum, sources)
+	st := a.lease.Observe(now, quorate, anchor, ok)
+	a.mu.Lock()
+	a.leaseState = st
+	if st.MayAck {
+		if a.expiry == nil {
+			a.expiry = time.AfterFunc(time.Hour, a.leaseExpired)
+		}
+		a.expiry.Reset(time.Duration(st.ExpiresAtMs-now) * time.Millisecond)
+	}
+	a.mu.Unlock()
+	return st
+}
+
+// leaseExpired runs at the end of the lease as last observed: if no
+// observation has renewed it since, the primaries are fenced now, not at
+// the next tick (the survivors' wait allows FenceDelayMs for this).
+func (a *haAgent) leaseExpired() {
+	a.mu.Lock()
+	st := a.leaseState
+	a.mu.Unlock()
+	if !st.MayAckAt(a.m.d.hb.NowMs()) {
+		a.m.selfFence("self-fenced: lease expired (no fresh echo from a quorum)")
+	}
+}
+
+// lastHeardBoundMs bounds, on the heartbeat clock, when a lost node was
+// last heard by this node or any member (fence.LeaseConfig's survivor
+// wait runs from it). With a witness vote, from when its grant arrived,
+// if later: the lost node may have rested its lease on the vote until
+// the witness moved it here (this is conservative: it only matters where
+// the lost node with the witness could be quorate without any member).
+func (a *haAgent) lastHeardBoundMs(victim uint32, members []uint32, nowMs int64) int64 {
+	d := a.m.d
+	ids := make([]membership.NodeID, len(members))
+	for i, id := range members {
+		ids[i] = membership.NodeID(id)
+	}
+	bound := d.hb.LastHeardBoundMs(membership.NodeID(victim), ids)
+	if _, grantedAt, ok := d.wit.evidence(nowMs); ok {
+		bound = max(bound, grantedAt)
+	}
+	return bound
 }
 
 // fence runs a node's fence plan and remembers a success.
@@ -441,5 +520,5 @@ func (a *haAgent) mayPromote() bool {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.leaseState.MayAck
+	return a.leaseState.MayAckAt(d.hb.NowMs())
 }

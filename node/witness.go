@@ -142,6 +142,21 @@ func (w *witnessLink) ensureClient(cfg *ClusterConfig) {
 	w.d.log.Info("witness configured", "addr", addr, "lease_ms", leaseMs, "report_interval_ms", intervalMs)
 }
 
+// evidence is the witness client's Evidence (ok false: no witness, or no
+// grant).
+func (w *witnessLink) evidence(nowMs int64) (anchorMs, grantedAtMs int64, ok bool) {
+	if w == nil {
+		return 0, 0, false
+	}
+	w.mu.Lock()
+	c := w.client
+	w.mu.Unlock()
+	if c == nil {
+		return 0, 0, false
+	}
+	return c.Evidence(nowMs)
+}
+
 // status is the client's state for "paddock status" (nil: no witness).
 func (w *witnessLink) status(nowMs int64) *witness.ClientStatus {
 	if w == nil {

@@ -173,8 +173,9 @@ func TestFlappingPrimaryLink(t *testing.T) {
 	time.Sleep(time.Second)
 
 	// Six downs: two shorter than the token, two between the token and
-	// the survivors' wait (token + about 4.65 tokens: fence/lease.go),
-	// two near 3 s, past it: a failover. In random order.
+	// about 5 tokens (past the survivors' wait of about 2.1 tokens +
+	// 0.1 s after the last heartbeat heard, fence/lease.go, for some),
+	// two near 3 s, well past it: a failover. In random order.
 	ms := func(lo, hi int) time.Duration { return time.Duration(lo+rng.IntN(hi-lo+1)) * time.Millisecond }
 	downs := []time.Duration{ms(300, flapTokenMs-50), ms(300, flapTokenMs-50), ms(flapTokenMs+100, 2000), ms(flapTokenMs+100, 2000),
 		ms(2700, 3000), ms(2700, 3000)}

@@ -6,8 +6,13 @@
 // (a fraction of the token timeout). A heartbeat carries the sender's id,
 // an incarnation number that grows at every start of the daemon (persisted,
 // so it does not depend on the wall clock), a sequence number that grows
-// with every packet, the configuration version the sender runs, and the set
-// of nodes the sender hears. It is authenticated with HMAC-SHA256 under the
+// with every packet, the configuration version the sender runs, and a
+// report on every configured peer: whether the sender hears it, how long
+// ago it last did, and which of that peer's heartbeats it last accepted
+// (the echo: a node measures its self-fence lease from the send times of
+// its own heartbeats that its members echo, and the survivors of a lost
+// node measure their wait from the last time any of them heard it; see
+// fence/lease.go). It is authenticated with HMAC-SHA256 under the
 // cluster's authkey. A packet that fails the HMAC, names another cluster,
 // or does not move its sender's (incarnation, sequence) forward is dropped
 // and counted: forged and replayed packets never count as a sign of life.

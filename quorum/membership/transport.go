@@ -128,6 +128,20 @@ func (t *Transport) Members() []NodeID {
 	return t.tracker.Members(t.NowMs())
 }
 
+// EchoAnchorsMs is the tracker's EchoAnchorsMs.
+func (t *Transport) EchoAnchorsMs(members []NodeID) map[NodeID]int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.tracker.EchoAnchorsMs(members)
+}
+
+// LastHeardBoundMs is the tracker's LastHeardBoundMs.
+func (t *Transport) LastHeardBoundMs(victim NodeID, via []NodeID) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.tracker.LastHeardBoundMs(victim, via)
+}
+
 // PeerConfigVersion is what a peer last announced.
 func (t *Transport) PeerConfigVersion(id NodeID) (uint64, bool) {
 	t.mu.Lock()
@@ -193,8 +207,11 @@ func (t *Transport) sendLoop(ctx context.Context) {
 			ConfigVersion: t.cfgVer,
 			Flags:         t.flags,
 			ExpectedVotes: t.expVote,
-			Heard:         t.tracker.Heard(t.NowMs()),
+			Peers:         t.tracker.Reports(t.NowMs()),
 		}
+		// Recorded before the send: the anchor may only be earlier
+		// than the real send, never later.
+		t.tracker.Sent(t.cfg.Incarnation, t.seq, t.NowMs())
 		peers := t.peers
 		t.mu.Unlock()
 		var err error

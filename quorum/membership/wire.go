@@ -18,15 +18,23 @@ const (
 	// AuthKeyBytes is the length of the cluster authkey.
 	AuthKeyBytes = 32
 
-	magic       = "PDHB"
-	wireVersion = 1
+	magic = "PDHB"
+	// wireVersion 2 replaced the heard list by one report per peer
+	// (heard, age, echo), for the echo-anchored lease.
+	wireVersion = 2
 	macBytes    = sha256.Size
-	// headerBytes: magic 4, version 1, reserved 1, heard count 2,
+	// headerBytes: magic 4, version 1, reserved 1, report count 2,
 	// cluster tag 8, from 4, incarnation 8, seq 8, config version 8,
 	// flags 4, expected votes 4.
 	headerBytes = 4 + 1 + 1 + 2 + 8 + 4 + 8 + 8 + 8 + 4 + 4
-	// MaxPacketBytes is the largest valid heartbeat.
-	MaxPacketBytes = headerBytes + 4*MaxNodes + macBytes
+	// reportBytes: id 4, flags 1, reserved 3, age 4, echo incarnation 8,
+	// echo seq 8.
+	reportBytes = 4 + 1 + 3 + 4 + 8 + 8
+	// MaxPacketBytes is the largest valid heartbeat (under 1 KiB: one
+	// datagram on any link).
+	MaxPacketBytes = headerBytes + reportBytes*MaxNodes + macBytes
+	// MaxAgeMs caps a report's age: older is as good as never.
+	MaxAgeMs = 1<<31 - 1
 )
 
 // Heartbeat is one node's sign of life.
@@ -40,7 +48,41 @@ type Heartbeat struct {
 	// NodeInfo): see FlagQuorate and FlagWaitingForAll.
 	Flags         uint32
 	ExpectedVotes uint32
-	Heard         []NodeID
+	// Peers is what the sender knows of each configured peer: whether it
+	// hears it, how long ago it last did, and which of its heartbeats
+	// that was (the echo a node measures its lease from).
+	Peers []PeerReport
+}
+
+// PeerReport is a sender's view of one peer.
+type PeerReport struct {
+	ID NodeID
+	// Heard: a heartbeat from ID was accepted within the sender's
+	// token timeout (membership is built from this).
+	Heard bool
+	// AgeMs is the time on the sender's clock from its last accepted
+	// heartbeat of ID to the sending of this one; if it accepted none
+	// since it started, the time since it started (anything it heard
+	// in an earlier life is older than that). Capped at MaxAgeMs.
+	AgeMs uint32
+	// EchoIncarnation and EchoSeq name that last accepted heartbeat (0
+	// when none).
+	EchoIncarnation uint64
+	EchoSeq         uint64
+}
+
+// reportHeard is the only PeerReport flag.
+const reportHeard = 1 << 0
+
+// HeardIDs lists the peers the sender hears.
+func (hb *Heartbeat) HeardIDs() []NodeID {
+	var out []NodeID
+	for _, r := range hb.Peers {
+		if r.Heard {
+			out = append(out, r.ID)
+		}
+	}
+	return out
 }
 
 // Heartbeat flags.
@@ -60,13 +102,13 @@ var (
 
 // Encode appends the authenticated packet for hb to dst.
 func Encode(dst []byte, hb *Heartbeat, key []byte) ([]byte, error) {
-	if len(hb.Heard) > MaxNodes {
-		return nil, fmt.Errorf("heard list of %d nodes exceeds %d", len(hb.Heard), MaxNodes)
+	if len(hb.Peers) > MaxNodes {
+		return nil, fmt.Errorf("reports on %d nodes exceed %d", len(hb.Peers), MaxNodes)
 	}
 	start := len(dst)
 	dst = append(dst, magic...)
 	dst = append(dst, wireVersion, 0)
-	dst = binary.BigEndian.AppendUint16(dst, uint16(len(hb.Heard)))
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(hb.Peers)))
 	dst = binary.BigEndian.AppendUint64(dst, hb.ClusterTag)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(hb.From))
 	dst = binary.BigEndian.AppendUint64(dst, hb.Incarnation)
@@ -74,8 +116,16 @@ func Encode(dst []byte, hb *Heartbeat, key []byte) ([]byte, error) {
 	dst = binary.BigEndian.AppendUint64(dst, hb.ConfigVersion)
 	dst = binary.BigEndian.AppendUint32(dst, hb.Flags)
 	dst = binary.BigEndian.AppendUint32(dst, hb.ExpectedVotes)
-	for _, id := range hb.Heard {
-		dst = binary.BigEndian.AppendUint32(dst, uint32(id))
+	for _, r := range hb.Peers {
+		dst = binary.BigEndian.AppendUint32(dst, uint32(r.ID))
+		var flags byte
+		if r.Heard {
+			flags |= reportHeard
+		}
+		dst = append(dst, flags, 0, 0, 0)
+		dst = binary.BigEndian.AppendUint32(dst, min(r.AgeMs, MaxAgeMs))
+		dst = binary.BigEndian.AppendUint64(dst, r.EchoIncarnation)
+		dst = binary.BigEndian.AppendUint64(dst, r.EchoSeq)
 	}
 	mac := hmac.New(sha256.New, key)
 	mac.Write(dst[start:])
@@ -103,7 +153,7 @@ func Decode(pkt []byte, key []byte) (*Heartbeat, error) {
 		return nil, ErrAuth
 	}
 	n := int(binary.BigEndian.Uint16(pkt[6:]))
-	if n > MaxNodes || len(body) != headerBytes+4*n {
+	if n > MaxNodes || len(body) != headerBytes+reportBytes*n || pkt[5] != 0 {
 		return nil, ErrMalformed
 	}
 	hb := &Heartbeat{
@@ -116,7 +166,24 @@ func Decode(pkt []byte, key []byte) (*Heartbeat, error) {
 		ExpectedVotes: binary.BigEndian.Uint32(pkt[48:]),
 	}
 	for i := 0; i < n; i++ {
-		hb.Heard = append(hb.Heard, NodeID(binary.BigEndian.Uint32(pkt[headerBytes+4*i:])))
+		b := pkt[headerBytes+reportBytes*i:]
+		flags := b[4]
+		// Unknown flags, reserved bytes and ages past the cap are
+		// refused, so that every accepted packet has one encoding.
+		if flags&^reportHeard != 0 || b[5]|b[6]|b[7] != 0 {
+			return nil, ErrMalformed
+		}
+		r := PeerReport{
+			ID:              NodeID(binary.BigEndian.Uint32(b)),
+			Heard:           flags&reportHeard != 0,
+			AgeMs:           binary.BigEndian.Uint32(b[8:]),
+			EchoIncarnation: binary.BigEndian.Uint64(b[12:]),
+			EchoSeq:         binary.BigEndian.Uint64(b[20:]),
+		}
+		if r.AgeMs > MaxAgeMs {
+			return nil, ErrMalformed
+		}
+		hb.Peers = append(hb.Peers, r)
 	}
 	return hb, nil
 }

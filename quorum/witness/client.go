@@ -65,6 +65,11 @@ type Client struct {
 	vote        []quorum.NodeID
 	voteUntilMs int64
 	reason      string
+	// voteAnchorMs is when the report behind the newest grant of vote
+	// was sent, grantedAtMs when the first grant of vote arrived (both on
+	// NowMs): the lease evidence of Evidence.
+	voteAnchorMs int64
+	grantedAtMs  int64
 }
 
 // NewClient makes a client; Run connects it.
@@ -129,6 +134,22 @@ func (c *Client) Grant(nowMs int64) []quorum.NodeID {
 		return slices.Clone(c.vote)
 	}
 	return nil
+}
+
+// Evidence describes the grant that Grant returns, for the self-fence
+// lease (fence/lease.go): anchorMs is when this node sent the newest
+// report the grant answers (a lease that rests on the vote runs from
+// there), grantedAtMs when the grant for this membership first arrived
+// (the witness had let any other membership's lease run out before
+// that, so a node cut off from this one can have rested a lease on the
+// vote only before it). ok is false when there is no grant.
+func (c *Client) Evidence(nowMs int64) (anchorMs, grantedAtMs int64, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.vote == nil || nowMs >= c.voteUntilMs {
+		return 0, 0, false
+	}
+	return c.voteAnchorMs, c.grantedAtMs, true
 }
 
 // ClientStatus is the client's state for "paddock status".
@@ -291,13 +312,15 @@ func (c *Client) accept(v *Verdict) {
 	if c.vote == nil {
 		c.cfg.Log.Info("witness vote granted", "membership", fmt.Sprint(v.Membership), "reason", v.Reason)
 	}
-	if !slices.Equal(c.vote, v.Membership) {
-		c.voteUntilMs = 0
+	if c.vote == nil || !slices.Equal(c.vote, v.Membership) {
+		c.voteUntilMs, c.voteAnchorMs = 0, 0
+		c.grantedAtMs = c.cfg.NowMs()
 	}
 	c.vote = slices.Clone(v.Membership)
 	if until > c.voteUntilMs {
 		c.voteUntilMs = until
 	}
+	c.voteAnchorMs = max(c.voteAnchorMs, sent.atMs)
 }
 
 // sentReport is what a report said and when it was sent.
