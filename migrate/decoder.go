@@ -182,8 +182,14 @@ func (d *Decoder) anyTouched(index uint64, count int) bool {
 	if d.touched == nil || d.touched.Len() != int(d.ramPages) {
 		return true
 	}
-	p := d.touched.NextSet(int(index))
-	return p >= 0 && p < int(index)+count
+	// Test page by page: NextSet would scan on to the end of the
+	// bitmap when nothing after is set, which fresh RAM is.
+	for p := int(index); p < int(index)+count; p++ {
+		if d.touched.Test(p) {
+			return true
+		}
+	}
+	return false
 }
 
 // crcZeroPages extends crc with n zero pages.
