@@ -336,15 +336,10 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
 	}
 	p.epoch = e
-	// A candidate that crashed may lack writes it acknowledged in the
-	// extents it re-verified: it fetches them from a member that is not
-	// recovering them before it serves (issue 4). A peer that is
-	// recovering is not a complete copy: it starts out syncing, out of
-	// the first generation's set, until its extents are resent.
-	if err := p.fetchOwnRecovered(d.Members, rec); err != nil {
-		p.Close()
-		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
-	}
+	// A peer that is recovering (it crashed, and its recovered extents
+	// were not resent yet) is not a complete copy: it starts out
+	// syncing, out of the first generation's set, until they are
+	// (issue 4). This node, when recovering, fetches its own below.
 	complete := slices.Clone(d.Members) // up to date but for hot and recovered extents
 	d.Members = slices.DeleteFunc(d.Members, func(id NodeID) bool {
 		_, r := rec[id]
@@ -416,11 +411,22 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 	if d.LeaseReleased {
 		leaseWait, p.leaseSkipped = 0, true
 	}
+	// A candidate that crashed may lack writes it acknowledged in the
+	// extents it re-verified: it fetches them from members that are not
+	// recovering them before it serves, meanwhile the lease runs out
+	// (nothing here changes another copy).
+	fetched := make(chan error, 1)
+	go func() { fetched <- p.fetchOwnRecovered(complete, rec) }()
 	select {
 	case <-time.After(leaseWait):
 	case <-ctx.Done():
 		p.Close()
+		<-fetched
 		return nil, ctx.Err()
+	}
+	if err := <-fetched; err != nil {
+		p.Close()
+		return nil, fmt.Errorf("volume %d: cannot promote node %d: %w", cfg.VolumeID, cfg.Self, err)
 	}
 	p.log.Info("promoted", "epoch", e, "generation", next, "members", fmt.Sprint(d.Members), "newest_before", d.Newest,
 		"lease_wait", leaseWait)

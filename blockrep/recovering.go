@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -118,49 +119,55 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 			extents = append(extents, x)
 		}
 	}
+	// A few extents at once: each costs a digest pass on both sides
+	// (reading 4 MiB each) and the round trips; the promotion waits.
+	var mu sync.Mutex
 	var fetchedBytes int64
 	var noSource []int64
+	var firstErr error
+	next := make(chan int64)
+	var wg sync.WaitGroup
+	for w := 0; w < fetchWorkers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for x := range next {
+				n, err := p.fetchFromSources(x, members, rec)
+				mu.Lock()
+				switch {
+				case errors.Is(err, errNoSource):
+					noSource = append(noSource, x)
+				case err != nil:
+					if firstErr == nil {
+						firstErr = err
+					}
+				default:
+					fetchedBytes += n
+				}
+				mu.Unlock()
+			}
+		}()
+	}
 	for _, x := range extents {
-		if x < 0 || x >= nExtents {
-			continue
+		mu.Lock()
+		failed := firstErr != nil
+		mu.Unlock()
+		if failed {
+			break
 		}
-		var sources []*link
-		p.mu.Lock()
-		for _, id := range members {
-			pe := p.peers[id]
-			if id == p.cfg.Self || pe == nil || pe.noData || pe.link == nil || !pe.link.alive() {
-				continue
-			}
-			if r, ok := rec[id]; ok && r.covers(x) {
-				continue
-			}
-			sources = append(sources, pe.link)
-		}
-		p.mu.Unlock()
-		if len(sources) == 0 {
-			noSource = append(noSource, x)
-			continue
-		}
-		var lastErr error
-		done := false
-		for _, l := range sources {
-			n, err := p.fetchExtent(l, x)
-			if err == nil {
-				fetchedBytes += n
-				done = true
-				break
-			}
-			lastErr = err
-		}
-		if !done {
-			// A good copy exists but could not be read: serving this
-			// node's copy could undo acknowledged writes.
-			return fmt.Errorf("this node crashed and may lack acknowledged writes in extent %d; no member that holds them could supply it: %w", x, lastErr)
+		if x >= 0 && x < nExtents {
+			next <- x
 		}
 	}
+	close(next)
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	slices.Sort(noSource)
 	if len(noSource) > 0 {
 		p.log.Error("this node crashed and re-verified extents that every reachable member is recovering too: no better copy exists, serving this node's (acknowledged writes there may be lost)",
-			"extents", fmt.Sprint(noSource), "members", fmt.Sprint(members))
+			"extent_count", len(noSource), "extents", fmt.Sprint(noSource[:min(len(noSource), 32)]), "members", fmt.Sprint(members))
 	}
 	if err := p.Store().ResolveRecovered(own.extents, own.whole); err != nil {
 		return err
@@ -168,6 +175,43 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 	p.log.Warn("this node crashed before; its recovered extents were brought up to date from members that have them", "extents", len(extents),
 		"without_source", len(noSource), "fetched_bytes", fetchedBytes, "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// fetchWorkers bounds the extents a recovering candidate fetches at once.
+const fetchWorkers = 4
+
+var errNoSource = errors.New("no member that is not recovering this extent was reached")
+
+// fetchFromSources brings extent x up to date from the first member
+// (reachable, not recovering x) that can supply it.
+func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]recoveredInfo) (int64, error) {
+	var sources []*link
+	p.mu.Lock()
+	for _, id := range members {
+		pe := p.peers[id]
+		if id == p.cfg.Self || pe == nil || pe.noData || pe.link == nil || !pe.link.alive() {
+			continue
+		}
+		if r, ok := rec[id]; ok && r.covers(x) {
+			continue
+		}
+		sources = append(sources, pe.link)
+	}
+	p.mu.Unlock()
+	if len(sources) == 0 {
+		return 0, errNoSource
+	}
+	var lastErr error
+	for _, l := range sources {
+		n, err := p.fetchExtent(l, x)
+		if err == nil {
+			return n, nil
+		}
+		lastErr = err
+	}
+	// A good copy exists but could not be read: serving this node's
+	// copy could undo acknowledged writes.
+	return 0, fmt.Errorf("this node crashed and may lack acknowledged writes in extent %d; no member that holds them could supply it: %w", x, lastErr)
 }
 
 // fetchExtent makes one extent here equal to the copy behind l: digests
@@ -179,14 +223,24 @@ func (p *Primary) fetchExtent(l *link, x int64) (int64, error) {
 	// One request: an extent is far fewer than MaxDigestRegions regions.
 	req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
 		Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}
+	type local struct {
+		ds  []uint64
+		err error
+	}
+	here := make(chan local, 1)
+	go func() { // while the peer computes its own
+		ds, err := p.cfg.Local.Digests(off, n, rb)
+		here <- local{ds, err}
+	}()
 	a, err := l.call(req, p.cfg.PeerTimeout*2)
+	lc := <-here
 	if err != nil {
 		return 0, err
 	}
 	if a.Type != MsgDigestOK {
 		return 0, fmt.Errorf("digests of extent %d from node %d: %v %s", x, a.From, a.Type, a.Payload)
 	}
-	mine, err := p.cfg.Local.Digests(off, n, rb)
+	mine, err := lc.ds, lc.err
 	if err != nil {
 		return 0, err
 	}
