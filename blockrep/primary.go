@@ -359,6 +359,15 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 			hotUnion = append(hotUnion, es...)
 		}
 	}
+	// A peer's recovered extents were hot when it crashed: if it was
+	// the primary then, writes it had in flight may sit on some copies
+	// and not others, and a copy that restarted cleanly since no longer
+	// names them hot. So they go to everyone, as hot ones do.
+	for id, r := range rec {
+		if id != cfg.Self && !p.cleanStart {
+			hotUnion = append(hotUnion, r.extents...)
+		}
+	}
 	slices.Sort(hotUnion)
 	hotUnion = slices.Compact(hotUnion)
 	for id, pe := range p.peers {
