@@ -132,3 +132,30 @@ func BenchmarkDecode(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkWriteRunFile: the source's bulk pass over one stream without
+// the network: pread of each chunk from a memfd, the digest checksum, the
+// frames (compression auto) written to io.Discard.
+func BenchmarkWriteRunFile(b *testing.B) {
+	for _, kind := range []string{"random", "half-zero-pages"} {
+		b.Run(kind, func(b *testing.B) {
+			mem, err := NewMemory("bench-runfile", benchRAMBytes)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer mem.Close()
+			copy(mem.Bytes(), benchRAM(kind))
+			fd := ramFile(mem.Bytes())
+			defer closeRAMFile(fd)
+			enc, _ := NewEncoder(io.Discard, EncoderOptions{Compression: CompressAuto})
+			b.SetBytes(benchRAMBytes)
+			for b.Loop() {
+				for c := 0; c*chunkPages < mem.Pages(); c++ {
+					if _, err := enc.WriteRunFile(fd, uint64(c*chunkPages), chunkPages); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}

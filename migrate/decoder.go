@@ -198,7 +198,7 @@ func crcZeroPages(crc uint32, n int) uint32 {
 		return zeroChunkCRC
 	}
 	for range n {
-		crc = crc32.Update(crc, castagnoli, zeroPage[:])
+		crc = crcZeroPage(crc)
 	}
 	return crc
 }
@@ -601,7 +601,7 @@ func (d *Decoder) applySparse(f *Frame, ram []byte, st PageStats) (PageStats, er
 					} else {
 						// Written as zeros, or skipped on fresh RAM,
 						// which reads as zero.
-						crc = crc32.Update(crc, castagnoli, zeroPage[:])
+						crc = crcZeroPage(crc)
 					}
 				}
 				return crc

@@ -87,9 +87,15 @@ type Encoder struct {
 	delta []byte // delta scratch
 	hdr   [frameHeaderBytes]byte
 
-	zeroes     [MaxPagesPerFrame]bool       // sparseRuns: which snapshot pages are zero
-	sparseHead [MaxPagesPerFrame/8 + 1]byte // a sparse frame's bitmap and data encoding
-	pieces     [][]byte                     // a sparse frame's payload pieces
+	zeroes [MaxPagesPerFrame]bool // sparseRuns: which snapshot pages are zero
+	// snapCRC is the crc32c of all of snap[:snapCRCBytes] while
+	// snapCRCValid (WriteRunFile computed it for the digest): a raw
+	// frame of exactly those bytes takes it as its payload checksum.
+	snapCRC      uint32
+	snapCRCBytes int
+	snapCRCValid bool
+	sparseHead   [MaxPagesPerFrame/8 + 1]byte // a sparse frame's bitmap and data encoding
+	pieces       [][]byte                     // a sparse frame's payload pieces
 
 	batchIndex uint64 // first page of the batch
 	batchPrev  uint64 // last page added
@@ -173,11 +179,16 @@ func (e *Encoder) writeFrameVec(h frameHeader, pieces [][]byte) error {
 }
 
 func (e *Encoder) writeFrame(h frameHeader, payload []byte) error {
+	return e.writeFrameCRC(h, payload, crc32.Checksum(payload, castagnoli))
+}
+
+// writeFrameCRC is writeFrame given the payload's crc32c.
+func (e *Encoder) writeFrameCRC(h frameHeader, payload []byte, crc uint32) error {
 	if e.err != nil {
 		return e.err
 	}
 	h.length = uint32(len(payload))
-	h.payloadCRC = crc32.Checksum(payload, castagnoli)
+	h.payloadCRC = crc
 	h.put(e.hdr[:])
 	if _, err := e.w.Write(e.hdr[:]); err != nil {
 		e.err = err
@@ -233,20 +244,47 @@ func (e *Encoder) WriteRunFile(fd int, index uint64, count int) (uint32, error) 
 	if err := preadFull(fd, snap, int64(index)*PageBytes); err != nil {
 		return 0, err
 	}
-	return crc32.Checksum(snap, castagnoli), e.writeSnap(index, snap)
+	runs := e.sparseRuns(snap)
+	// The checksum of zero pages costs a table step each (crcZeroPage),
+	// not a pass over 4 KiB; data runs are hashed whole.
+	crc := uint32(0)
+	for p := 0; p < count; {
+		q := p + 1
+		for q < count && e.zeroes[q] == e.zeroes[p] {
+			q++
+		}
+		if e.zeroes[p] {
+			crc = crcZeroPages(crc, q-p)
+		} else {
+			crc = crc32.Update(crc, castagnoli, snap[p*PageBytes:q*PageBytes])
+		}
+		p = q
+	}
+	// A chunk of data pages alone goes as one raw frame (unless it
+	// compresses) whose payload checksum is this one.
+	e.snapCRC, e.snapCRCBytes, e.snapCRCValid = crc, len(snap), true
+	err := e.writeSnapRuns(index, snap, runs)
+	e.snapCRCValid = false
+	return crc, err
 }
 
 // writeSnap sends snap, a private copy of the pages from page index, as
 // runs of zero and data frames.
 func (e *Encoder) writeSnap(index uint64, snap []byte) error {
+	return e.writeSnapRuns(index, snap, e.sparseRuns(snap))
+}
+
+// writeSnapRuns is writeSnap once sparseRuns has marked snap's zero pages
+// in e.zeroes and counted runs.
+func (e *Encoder) writeSnapRuns(index uint64, snap []byte, runs int) error {
 	count := len(snap) / PageBytes
-	if e.sparseRuns(snap) >= minSparseRuns {
+	if runs >= minSparseRuns {
 		return e.writeSparse(index, snap)
 	}
 	for p := 0; p < count; {
-		zero := bytes.Equal(snap[p*PageBytes:(p+1)*PageBytes], zeroPage[:])
+		zero := e.zeroes[p]
 		q := p + 1
-		for q < count && bytes.Equal(snap[q*PageBytes:(q+1)*PageBytes], zeroPage[:]) == zero {
+		for q < count && e.zeroes[q] == zero {
 			q++
 		}
 		var err error
@@ -373,7 +411,14 @@ func (e *Encoder) writeDataRun(index uint64, raw []byte) error {
 	if c, ok := e.compress(raw, len(raw)-len(raw)>>minSavingShift); ok {
 		enc, payload = c, e.comp
 	}
-	if err := e.writeFrame(frameHeader{typ: FramePages, encoding: enc, index: index, count: uint32(count)}, payload); err != nil {
+	h := frameHeader{typ: FramePages, encoding: enc, index: index, count: uint32(count)}
+	var err error
+	if enc == EncRaw && e.snapCRCValid && len(raw) == e.snapCRCBytes && &raw[0] == &e.snap[0] {
+		err = e.writeFrameCRC(h, payload, e.snapCRC)
+	} else {
+		err = e.writeFrame(h, payload)
+	}
+	if err != nil {
 		return err
 	}
 	e.stats.Pages += uint64(count)
