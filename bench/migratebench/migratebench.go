@@ -35,7 +35,10 @@ type Config struct {
 	DowntimeLimit      time.Duration
 	Timeout            time.Duration // per migration
 	LinkBytesPerSecond float64       // the floor's link: RAM / this
-	Log                io.Writer
+	// VerifyRAM: both sides rehash all of RAM inside the pause for the
+	// digest (migrate.SourceOptions.VerifyRAM, DestOptions.VerifyRAM).
+	VerifyRAM bool
+	Log       io.Writer
 }
 
 // DefaultConfig is the whole matrix of the issue.
@@ -202,6 +205,7 @@ func migrateOnce(ctx context.Context, cfg Config, srcID, dstID migrate.TLSIdenti
 	go func() {
 		defer wg.Done()
 		_, derr = migrate.Receive(ctx, l, migrate.DestOptions{
+			VerifyRAM: cfg.VerifyRAM,
 			PrepareRAM: func(n int64) ([]byte, error) {
 				m, err := migrate.NewMemory("bench-incoming", n)
 				mem = m
@@ -239,6 +243,7 @@ func migrateOnce(ctx context.Context, cfg Config, srcID, dstID migrate.TLSIdenti
 	}
 	st, err := migrate.Migrate(ctx, g, tracker, conn, migrate.SourceOptions{
 		Compression:   migrate.CompressAuto,
+		VerifyRAM:     cfg.VerifyRAM,
 		DowntimeLimit: cfg.DowntimeLimit,
 		Timeout:       cfg.Timeout,
 		Redial:        func(ctx context.Context) (migrate.Conn, error) { return dial(ctx, 1) },

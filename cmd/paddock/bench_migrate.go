@@ -83,6 +83,7 @@ read the same way, so 50M is 52.4 MB/s).`,
 	fl.DurationVar(&cfg.DowntimeLimit, "downtime", cfg.DowntimeLimit, "downtime limit")
 	fl.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "per-migration timeout")
 	fl.Float64Var(&cfg.LinkBytesPerSecond, "link-rate", cfg.LinkBytesPerSecond, "link rate of the floor, bytes per second (default 10 GbE)")
+	fl.BoolVar(&cfg.VerifyRAM, "verify-ram", false, "both sides rehash all of RAM inside the pause for the digest check")
 	fl.BoolVar(&asJSON, "json", false, "print JSON rows")
 	fl.StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile of the run to this file")
 	benchCmd.AddCommand(cmd)

@@ -41,7 +41,7 @@ func init() {
 func guestRunCmd(receive bool) *cobra.Command {
 	var (
 		name, mem, listen, rate, pattern, content, sock string
-		incoming                                        bool
+		incoming, verifyRAM                             bool
 		idleTimeout                                     time.Duration
 		seed                                            uint64
 		tlsf                                            migrationTLS
@@ -133,7 +133,7 @@ migration is discarded and it waits again. "guest receive" is the same.
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			p := &guestProc{name: name, ramBytes: ramBytes, id: id, out: cmd.OutOrStdout(), exit: make(chan struct{}),
-				nodeDir: tlsf.dataDir, volumes: volumes, idleTimeout: idleTimeout}
+				nodeDir: tlsf.dataDir, volumes: volumes, idleTimeout: idleTimeout, verifyRAM: verifyRAM}
 			if len(volumes) > 0 {
 				// Fail now rather than at the first migration.
 				var vs []node.VolumeListEntry
@@ -169,6 +169,7 @@ A node starts one by itself for "paddock migrate NAME --to NODE" (with
 	fl.StringVar(&listen, "listen-migration", "", "address to receive a migration on (with --incoming)")
 	fl.StringVar(&listen, "listen", "", "the same as --listen-migration")
 	fl.StringVar(&sock, "control-sock", "", "control socket (default /run/paddock/guest-NAME.sock)")
+	fl.BoolVar(&verifyRAM, "verify-ram", false, "with --incoming: rehash all of the received RAM before the digest check, so that it also catches a page changed after it was written (costs a read of all of RAM in the source's downtime)")
 	fl.DurationVar(&idleTimeout, "idle-timeout", 0, "with --incoming: stop when no migration has been under way for this long (0 = wait forever)")
 	if !receive {
 		fl.StringVar(&rate, "dirty-rate", "0", "bytes the writer dirties per second (K, M, G suffixes)")
@@ -201,6 +202,9 @@ type guestProc struct {
 	// idleTimeout: a receiver stops when no migration has been under
 	// way for this long; 0 = never.
 	idleTimeout time.Duration
+	// verifyRAM: as a receiver, rehash all of the received RAM before
+	// the digest check (migrate.DestOptions.VerifyRAM).
+	verifyRAM bool
 
 	mu      sync.Mutex
 	g       *migrate.SynthGuest
@@ -327,6 +331,7 @@ func (p *guestProc) receive(ctx context.Context, listen string) error {
 	for {
 		var mem *migrate.Memory
 		opts := migrate.DestOptions{
+			VerifyRAM: p.verifyRAM,
 			PrepareRAM: func(ramBytes int64) ([]byte, error) {
 				if ramBytes != p.ramBytes {
 					return nil, fmt.Errorf("this guest expects %d bytes of RAM (--mem)", p.ramBytes)
@@ -563,6 +568,7 @@ func (p *guestProc) migrateOut(ctx context.Context, m *migrateRequest, progress 
 		Timeout:                 time.Duration(m.TimeoutMs) * time.Millisecond,
 		MaxRounds:               m.MaxRounds,
 		NoAutoConverge:          m.NoAutoConverge,
+		VerifyRAM:               m.VerifyRAM,
 		BandwidthBytesPerSecond: m.BandwidthBytesPerSecond,
 		Redial:                  func(ctx context.Context) (migrate.Conn, error) { return dial(ctx, 1) },
 		Progress:                progress,

@@ -46,6 +46,9 @@ type migrateRequest struct {
 	BandwidthBytesPerSecond int64 `json:"bandwidth_bytes_per_second"`
 	MaxRounds               int   `json:"max_rounds"`
 	NoAutoConverge          bool  `json:"no_auto_converge"`
+	// VerifyRAM: the digest is of all of RAM rehashed inside the pause
+	// (migrate.SourceOptions.VerifyRAM).
+	VerifyRAM bool `json:"verify_ram,omitempty"`
 }
 
 // Limits a request is checked against before anything acts on it.

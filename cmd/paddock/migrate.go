@@ -23,7 +23,7 @@ func init() {
 		dataDir                                                      string
 		downtime, timeout, handoffTimeout                            time.Duration
 		streams, maxRounds, downtimeMs                               int
-		noAutoConverge, asJSON                                       bool
+		noAutoConverge, asJSON, verifyRAM                            bool
 	)
 	cmd := &cobra.Command{
 		Use:   "migrate NAME --to NODE|HOST:PORT [--to-node NODE] [--transport quic|tcp] [--downtime 100ms] [--timeout 10m] [--streams 8] [--compress auto] [--bandwidth 0] [--json]",
@@ -74,7 +74,7 @@ receive --listen HOST:PORT").`,
 				To: to, ToNode: toNode, ServerName: serverName, Transport: transport,
 				DowntimeMs: downtime.Milliseconds(), TimeoutMs: timeout.Milliseconds(),
 				Streams: streams, Compress: compress, BandwidthBytesPerSecond: bw, HandoffTimeoutMs: handoffTimeout.Milliseconds(),
-				MaxRounds: maxRounds, NoAutoConverge: noAutoConverge,
+				MaxRounds: maxRounds, NoAutoConverge: noAutoConverge, VerifyRAM: verifyRAM,
 			}}
 			if _, _, err := net.SplitHostPort(to); err != nil {
 				// Not HOST:PORT: a node of the cluster, which starts the
@@ -179,6 +179,7 @@ receive --listen HOST:PORT").`,
 	fl.StringVar(&compress, "compress", "auto", "page compression: auto, none, s2, zstd")
 	fl.StringVar(&bandwidth, "bandwidth", "0", "cap on the page streams in bytes per second (K, M, G suffixes; 0 = none)")
 	fl.BoolVar(&noAutoConverge, "no-auto-converge", false, "never throttle the guest (cancel at the timeout instead)")
+	fl.BoolVar(&verifyRAM, "verify-ram", false, "rehash all of the guest's RAM inside the pause for the digest check, so that it also catches a page changed without the dirty tracker seeing it (costs a read of all of RAM in the downtime)")
 	fl.BoolVar(&asJSON, "json", false, "print the final stats as JSON, no progress bar")
 	cmd.MarkFlagRequired("to")
 	rootCmd.AddCommand(cmd)
