@@ -128,6 +128,10 @@ type peer struct {
 	recovering     bool
 	recovered      []int64
 	recoveredWhole bool
+	// compare lists extents whose digests are compared with this
+	// primary's before the resend (recovered extents: most of what a
+	// crash leaves in them is intact, so only what differs is sent).
+	compare []int64
 }
 
 // Primary serves one volume's client I/O on the node that holds its
@@ -362,10 +366,11 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 	// A peer's recovered extents were hot when it crashed: if it was
 	// the primary then, writes it had in flight may sit on some copies
 	// and not others, and a copy that restarted cleanly since no longer
-	// names them hot. So they go to everyone, as hot ones do.
+	// names them hot. So every copy is compared there, by digests.
+	var recUnion []int64
 	for id, r := range rec {
 		if id != cfg.Self && !p.cleanStart {
-			hotUnion = append(hotUnion, r.extents...)
+			recUnion = append(recUnion, r.extents...)
 		}
 	}
 	slices.Sort(hotUnion)
@@ -399,6 +404,7 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 			for _, x := range hotUnion {
 				pe.missed.Mark(x*ExtentBytes, ExtentBytes)
 			}
+			pe.compare = append(pe.compare, recUnion...)
 		}
 		if r, ok := rec[id]; ok && promised[id] {
 			// Its own recovered extents, whatever cleanStart says:

@@ -25,26 +25,61 @@ func (r recoveredInfo) covers(extent int64) bool {
 	return r.whole || slices.Contains(r.extents, extent)
 }
 
-// noteRecovered records a peer's recovered extents and marks them for
-// resend (the whole volume: a digest comparison). Called with p.mu held
-// or before the primary is shared.
+// noteRecovered records a peer's recovered extents and has them compared
+// by digests, then what differs resent (the whole volume: a full
+// comparison). Called with p.mu held or before the primary is shared.
 func (p *Primary) noteRecovered(pe *peer, r recoveredInfo) {
 	pe.recovering, pe.recovered, pe.recoveredWhole = true, slices.Clone(r.extents), r.whole
 	if r.whole {
 		pe.digest = true
 		return
 	}
-	for _, x := range r.extents {
-		pe.missed.Mark(x*ExtentBytes, ExtentBytes)
+	pe.compare = append(pe.compare, r.extents...)
+}
+
+// compareExtents compares the digests of the extents pe.compare names
+// (runs of neighbours in one request) and marks what differs.
+func (p *Primary) compareExtents(pe *peer, l *link) error {
+	p.mu.Lock()
+	es := normExtents(pe.compare)
+	p.mu.Unlock()
+	if len(es) == 0 {
+		return nil
 	}
+	size, rb := p.Size(), p.cfg.RegionBytes
+	maxRun := max(1, min(rb*MaxDigestRegions, 1<<32-1)/ExtentBytes) // extents per request
+	for i := 0; i < len(es); {
+		j := i + 1
+		for j < len(es) && es[j] == es[j-1]+1 && int64(j-i) < maxRun {
+			j++
+		}
+		off := es[i] * ExtentBytes
+		if off < size {
+			if err := p.compareRange(pe, l, off, min(int64(j-i)*ExtentBytes, size-off)); err != nil {
+				return err
+			}
+		}
+		i = j
+	}
+	p.mu.Lock()
+	// Only those compared leave the list: a rejoin may have added more.
+	pe.compare = slices.DeleteFunc(pe.compare, func(x int64) bool { _, found := slices.BinarySearch(es, x); return found })
+	p.mu.Unlock()
+	return nil
 }
 
 // recoveredSent says whether none of the peer's recovered extents is
-// still marked (and, for the whole volume, no comparison is pending):
-// after a resend pass without error, they were all sent. p.mu held.
+// still to compare or marked (and, for the whole volume, no comparison
+// is pending): after a resend pass without error, they were all sent.
+// p.mu held.
 func (p *Primary) recoveredSent(pe *peer) bool {
 	if pe.recoveredWhole {
 		return !pe.digest && pe.missed.Count() == 0
+	}
+	for _, x := range pe.recovered {
+		if slices.Contains(pe.compare, x) {
+			return false
+		}
 	}
 	rb := pe.missed.RegionBytes()
 	for _, x := range pe.recovered {

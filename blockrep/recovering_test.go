@@ -16,7 +16,9 @@ import (
 // These tests make such a crash by hand: the log as it was with the write
 // in it, and the data file holding the bytes from before the write.
 
-const recTestBytes = 64 << 10
+// A whole extent is lost, so its resend (every region differs) takes a
+// while under the tests' rate limits.
+const recTestBytes = ExtentBytes
 
 func (c *testCluster) nodeDir(id NodeID) string {
 	return filepath.Join(c.baseDir, "n", string(rune('0'+id)))

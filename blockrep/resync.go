@@ -38,7 +38,7 @@ func (p *Primary) maintain() {
 			switch {
 			case alive && pe.state == PeerDown:
 				back = append(back, pe)
-			case alive && !pe.noData && !pe.resyncing && (pe.digest || pe.missed.Count() > 0 || pe.state == PeerSyncing):
+			case alive && !pe.noData && !pe.resyncing && (pe.digest || len(pe.compare) > 0 || pe.missed.Count() > 0 || pe.state == PeerSyncing):
 				needSync = append(needSync, pe)
 			}
 		}
@@ -195,7 +195,11 @@ func (p *Primary) resync(pe *peer) error {
 		}
 		p.mu.Lock()
 		pe.digest = false
+		pe.compare = nil // the whole volume was compared
 		p.mu.Unlock()
+	}
+	if err := p.compareExtents(pe, l); err != nil {
+		return err
 	}
 	for {
 		if err := p.sendMissed(pe, l); err != nil {
@@ -266,39 +270,48 @@ func (p *Primary) resync(pe *peer) error {
 func (p *Primary) compareDigests(pe *peer, l *link) error {
 	size, rb := p.Size(), p.cfg.RegionBytes
 	batch := rb * MaxDigestRegions
+	if batch > 1<<32-1 {
+		batch = (1<<32 - 1) / rb * rb
+	}
 	for off := int64(0); off < size; off += batch {
-		n := min(batch, size-off)
-		if n > 1<<32-1 {
-			n = (1<<32 - 1) / rb * rb
-		}
-		req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
-			Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}
-		a, err := l.call(req, p.cfg.PeerTimeout*4)
-		if err != nil {
+		if err := p.compareRange(pe, l, off, min(batch, size-off)); err != nil {
 			return err
-		}
-		if a.Type != MsgDigestOK {
-			return fmt.Errorf("digest from node %d: %v %s", pe.id, a.Type, a.Payload)
-		}
-		mine, err := p.cfg.Local.Digests(off, n, rb)
-		if err != nil {
-			return err
-		}
-		if len(a.Payload) != 8*len(mine) {
-			return fmt.Errorf("node %d sent %d digests for %d regions", pe.id, len(a.Payload)/8, len(mine))
-		}
-		p.mu.Lock()
-		for i, d := range mine {
-			if binary.BigEndian.Uint64(a.Payload[8*i:]) != d {
-				pe.missed.Mark(off+int64(i)*rb, rb)
-			}
-		}
-		p.mu.Unlock()
-		if p.ctx.Err() != nil {
-			return p.ctx.Err()
 		}
 	}
 	return nil
+}
+
+// compareRange compares the digests of [off, off+n) (at most one digest
+// request's worth) here and on the peer, and marks the regions that
+// differ. Client writes may land meanwhile: they reach both copies, so a
+// region whose digests matched at the two moments they were taken stays
+// equal, and one that did not is resent.
+func (p *Primary) compareRange(pe *peer, l *link, off, n int64) error {
+	rb := p.cfg.RegionBytes
+	req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
+		Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}
+	a, err := l.call(req, p.cfg.PeerTimeout*4)
+	if err != nil {
+		return err
+	}
+	if a.Type != MsgDigestOK {
+		return fmt.Errorf("digest from node %d: %v %s", pe.id, a.Type, a.Payload)
+	}
+	mine, err := p.cfg.Local.Digests(off, n, rb)
+	if err != nil {
+		return err
+	}
+	if len(a.Payload) != 8*len(mine) {
+		return fmt.Errorf("node %d sent %d digests for %d regions", pe.id, len(a.Payload)/8, len(mine))
+	}
+	p.mu.Lock()
+	for i, d := range mine {
+		if binary.BigEndian.Uint64(a.Payload[8*i:]) != d {
+			pe.missed.Mark(off+int64(i)*rb, rb)
+		}
+	}
+	p.mu.Unlock()
+	return p.ctx.Err()
 }
 
 // sendMissed sends the marked regions until none is left.
