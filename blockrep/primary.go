@@ -404,7 +404,7 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 			for _, x := range hotUnion {
 				pe.missed.Mark(x*ExtentBytes, ExtentBytes)
 			}
-			pe.compare = append(pe.compare, recUnion...)
+			pe.compare = normExtents(append(pe.compare, recUnion...))
 		}
 		if r, ok := rec[id]; ok && promised[id] {
 			// Its own recovered extents, whatever cleanStart says:

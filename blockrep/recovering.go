@@ -34,7 +34,17 @@ func (p *Primary) noteRecovered(pe *peer, r recoveredInfo) {
 		pe.digest = true
 		return
 	}
-	pe.compare = append(pe.compare, r.extents...)
+	pe.compare = normExtents(append(pe.compare, r.extents...))
+}
+
+// extentSpan is the range of extents [first, last] rounded out to whole
+// regions (a region may be larger than an extent) and cut at the end of
+// the volume.
+func (p *Primary) extentSpan(first, last int64) (off, n int64) {
+	rb := p.cfg.RegionBytes
+	off = first * ExtentBytes / rb * rb
+	end := min(((last+1)*ExtentBytes+rb-1)/rb*rb, p.Size())
+	return off, end - off
 }
 
 // compareExtents compares the digests of the extents pe.compare names
@@ -47,15 +57,17 @@ func (p *Primary) compareExtents(pe *peer, l *link) error {
 		return nil
 	}
 	size, rb := p.Size(), p.cfg.RegionBytes
-	maxRun := max(1, min(rb*MaxDigestRegions, 1<<32-1)/ExtentBytes) // extents per request
+	// Extents per request: the span, rounded out to regions at both
+	// ends, must fit one digest request (MaxDigestRegions, a u32 length).
+	maxRun := max(1, (min(rb*MaxDigestRegions, 1<<32-1)-2*rb)/ExtentBytes)
 	for i := 0; i < len(es); {
 		j := i + 1
 		for j < len(es) && es[j] == es[j-1]+1 && int64(j-i) < maxRun {
 			j++
 		}
-		off := es[i] * ExtentBytes
-		if off < size {
-			if err := p.compareRange(pe, l, off, min(int64(j-i)*ExtentBytes, size-off)); err != nil {
+		if es[i]*ExtentBytes < size {
+			off, n := p.extentSpan(es[i], es[j-1])
+			if err := p.compareRange(pe, l, off, n); err != nil {
 				return err
 			}
 		}
@@ -253,8 +265,7 @@ func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]rec
 // first, then the regions that differ. It returns the bytes fetched.
 func (p *Primary) fetchExtent(l *link, x int64) (int64, error) {
 	rb := p.cfg.RegionBytes
-	off := x * ExtentBytes
-	n := min(int64(ExtentBytes), p.Size()-off)
+	off, n := p.extentSpan(x, x)
 	// One request: an extent is far fewer than MaxDigestRegions regions.
 	req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
 		Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}

@@ -3,6 +3,7 @@ package blockrep
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -76,14 +77,18 @@ func (c *testCluster) promoteWith(id NodeID, tune func(*PrimaryConfig)) (*Primar
 // and flushed on the others) at 0 through p, and returns the activity log
 // node id had while fresh was not flushed there.
 func writeThenLose(t *testing.T, c *testCluster, p *Primary, id NodeID, old, fresh []byte) []byte {
+	return writeThenLoseAt(t, c, p, id, 0, old, fresh)
+}
+
+func writeThenLoseAt(t *testing.T, c *testCluster, p *Primary, id NodeID, off int64, old, fresh []byte) []byte {
 	t.Helper()
-	if err := p.WriteAt(old, 0, false); err != nil {
+	if err := p.WriteAt(old, off, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.WriteAt(fresh, 0, false); err != nil {
+	if err := p.WriteAt(fresh, off, false); err != nil {
 		t.Fatal(err)
 	}
 	al := c.activityLog(id)
@@ -189,24 +194,35 @@ func TestRecoveredExtentSurvivesSecondCrash(t *testing.T) {
 // member that is not recovering it before it serves, so the guest reads
 // its acknowledged write. Before, it served the data from before it.
 func TestRecoveringCandidateFetchesItsExtents(t *testing.T) {
-	c := newTestCluster(t, 3, 8<<20)
-	p, err := c.promote(1)
+	// Regions of the default size, and regions larger than an extent.
+	for _, regionBytes := range []int64{DefaultRegionBytes, 2 * ExtentBytes} {
+		t.Run(fmt.Sprint(regionBytes), func(t *testing.T) { testRecoveringCandidateFetches(t, regionBytes) })
+	}
+}
+
+func testRecoveringCandidateFetches(t *testing.T, regionBytes int64) {
+	c := newTestCluster(t, 3, 16<<20)
+	tune := func(cfg *PrimaryConfig) { cfg.RegionBytes = regionBytes }
+	p, err := c.promoteWith(1, tune)
 	if err != nil {
 		t.Fatal(err)
 	}
 	old, fresh := bytes.Repeat([]byte{1}, recTestBytes), bytes.Repeat([]byte{2}, recTestBytes)
-	al := writeThenLose(t, c, p, 3, old, fresh)
+	// The second extent: with regions larger than an extent it starts
+	// inside a region.
+	const off = ExtentBytes
+	al := writeThenLoseAt(t, c, p, 3, off, old, fresh)
 	p.Close()
-	addr := c.crashLosingWrite(3, al, 0, old)
+	addr := c.crashLosingWrite(3, al, off, old)
 	c.kill(1) // the primary's node is lost too
 	c.start(3, addr)
-	p3, err := c.promote(3)
+	p3, err := c.promoteWith(3, tune)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p3.Close()
 	got := make([]byte, recTestBytes)
-	if err := p3.ReadAt(got, 0); err != nil {
+	if err := p3.ReadAt(got, off); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, fresh) {
