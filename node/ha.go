@@ -341,6 +341,7 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 	cfg := d.config()
 	var best uint32
 	var bestGen blockrep.Gen
+	bestRecovering := false
 	for _, id := range v.Replicas {
 		if id == v.Primary || !slices.Contains(members, id) || cfg.netBlockedID(id) {
 			continue // a network-fenced node is given no primary role until unfenced
@@ -349,8 +350,13 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 		if rep.Voter == nil || !slices.Contains(rep.Voter.Members, blockrep.NodeID(id)) {
 			continue // not up to date: it cannot become primary
 		}
-		if best == 0 || bestGen.Less(rep.Voter.Gen) {
-			best, bestGen = id, rep.Voter.Gen
+		// Newest generation first; at equal generations, a replica that
+		// is not recovering from a crash (a recovering one would first
+		// fetch its suspect extents from another copy: safe, slower).
+		better := best == 0 || bestGen.Less(rep.Voter.Gen) ||
+			(rep.Voter.Gen == bestGen && bestRecovering && !rep.recovering())
+		if better {
+			best, bestGen, bestRecovering = id, rep.Voter.Gen, rep.recovering()
 		}
 	}
 	if best == 0 {

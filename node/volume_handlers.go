@@ -59,6 +59,23 @@ type ReplicaReport struct {
 	Voter      *blockrep.VoterState    `json:"voter,omitempty"`
 	Primary    *blockrep.PrimaryStatus `json:"primary,omitempty"`
 	PromoteErr string                  `json:"promote_error,omitempty"`
+	// RecoveringExtents: extents this replica re-verified after a crash
+	// that no primary has resent yet (blockrep/recovered.go); until
+	// then it is not a complete copy. RecoveringWholeVolume: all are.
+	RecoveringExtents     int  `json:"recovering_extents,omitempty"`
+	RecoveringWholeVolume bool `json:"recovering_whole_volume,omitempty"`
+}
+
+// recovering says whether the replica waits for extents it may have lost
+// in a crash.
+func (r ReplicaReport) recovering() bool { return r.RecoveringExtents > 0 || r.RecoveringWholeVolume }
+
+// recoveringDetail is the Detail of a recovering replica's row.
+func recoveringDetail(extents int, whole bool) string {
+	if whole {
+		return "recovering after a crash: the whole volume is compared and resent"
+	}
+	return fmt.Sprintf("recovering %d extents after a crash (writes it may have lost are resent)", extents)
 }
 
 // ReplicaRow is one line of "volume status".
@@ -307,6 +324,8 @@ func (d *Daemon) localReport(id uint64) ReplicaReport {
 		if lv.replica != nil {
 			v := lv.replica.Voter()
 			rep.Open, rep.Voter = true, &v
+			es, whole := lv.replica.Store().Recovered()
+			rep.RecoveringExtents, rep.RecoveringWholeVolume = len(es), whole
 		}
 		if lv.primary != nil {
 			st := lv.primary.Status()
@@ -354,6 +373,15 @@ func (d *Daemon) volumeStatus(ctx context.Context, name string) (VolumeStatus, e
 	}
 	wg.Wait()
 	st.Reports = reports
+	if p := replicaRows(v, reports, &st.Replicas); p != "" {
+		st.Primary = p
+	}
+	return st, nil
+}
+
+// replicaRows derives each replica's row from the reports, and returns
+// the node of the serving primary ("" when none serves).
+func replicaRows(v VolumeConfig, reports []ReplicaReport, rows *[]ReplicaRow) (serving string) {
 	var prim *blockrep.PrimaryStatus
 	var primNode uint32
 	for _, r := range reports {
@@ -361,7 +389,7 @@ func (d *Daemon) volumeStatus(ctx context.Context, name string) (VolumeStatus, e
 			prim, primNode = r.Primary, r.NodeID
 			// The serving primary, which differs from the configured
 			// one after a takeover.
-			st.Primary = r.Node
+			serving = r.Node
 		}
 	}
 	for _, r := range reports {
@@ -391,6 +419,9 @@ func (d *Daemon) volumeStatus(ctx context.Context, name string) (VolumeStatus, e
 						row.Detail = "comparing digests"
 					}
 				}
+				if ps.RecoveringExtents > 0 || ps.RecoveringWholeVolume {
+					row.State, row.Detail = "Syncing", recoveringDetail(ps.RecoveringExtents, ps.RecoveringWholeVolume)
+				}
 			}
 		default:
 			// No primary serving: judge by the generations.
@@ -398,13 +429,18 @@ func (d *Daemon) volumeStatus(ctx context.Context, name string) (VolumeStatus, e
 			if r.Voter != nil && slices.Contains(r.Voter.Members, blockrep.NodeID(r.NodeID)) {
 				row.State = "UpToDate"
 			}
+			if r.recovering() {
+				// Newest generation or not, it lacks what a crash may
+				// have taken until a primary resends it.
+				row.State, row.Detail = "Outdated", recoveringDetail(r.RecoveringExtents, r.RecoveringWholeVolume)
+			}
 			if r.NodeID == v.Primary && r.PromoteErr != "" {
 				row.Detail = "promotion: " + r.PromoteErr
 			}
 		}
-		st.Replicas = append(st.Replicas, row)
+		*rows = append(*rows, row)
 	}
-	return st, nil
+	return serving
 }
 
 func (d *Daemon) fetchReport(ctx context.Context, cfg *ClusterConfig, nodeID uint32, volID uint64) ReplicaReport {
