@@ -22,7 +22,11 @@ import (
 // checksums has made its writes durable. After a crash, only the extents in
 // the log can hold data and checksums that disagree, so only they are
 // re-verified (their checksums recomputed from the data) and, later, resent
-// to peers.
+// to peers. A clean stop syncs everything and writes a clean record that
+// still names the hot extents: nothing to re-verify, but they stay hot
+// after the next start, since a crashed primary's write in flight may have
+// reached this copy there and not another one (issue 4); promises name
+// them until newer writes evict them.
 //
 // On disk: two slots of alSlotBytes, written alternately, each with a
 // sequence number and a crc32c, so a torn write of one slot leaves the
@@ -48,7 +52,12 @@ type activityLog struct {
 	tick     uint64
 	// syncData makes data and checksums durable before an extent leaves.
 	syncData func() error
-	updates  int64 // log writes, for metrics and tests
+	// rewrite: the record on disk may not name every hot extent as
+	// dirty (it says clean, which keeps its hot extents named, or its
+	// last write failed), so the next write rewrites it even when its
+	// extents are hot already.
+	rewrite bool
+	updates int64 // log writes, for metrics and tests
 }
 
 type alRecord struct {
@@ -143,11 +152,22 @@ func openActivityLog(path string, capacity int, syncData func() error) (*activit
 		return nil, nil, fmt.Errorf("%s: both activity log slots are unreadable", path)
 	}
 	al.seq = best.seq
-	var dirty []int64
+	al.rewrite = best.clean
 	if !best.clean {
-		dirty = best.extents
+		return al, best.extents, nil
 	}
-	return al, dirty, nil
+	// A clean stop synced data and checksums, so nothing needs a
+	// re-verify; but the extents it still named hot stay hot. A write
+	// in flight from a primary that then crashed may have reached this
+	// copy and not another one in them, and only the hot extents of the
+	// promises tell the next primary where to compare (issue 4). They
+	// leave the log as any hot extent does: evicted by newer writes,
+	// which come only from a primary that collected this promise.
+	for _, e := range best.extents {
+		al.tick++
+		al.hot[e] = al.tick
+	}
+	return al, nil, nil
 }
 
 // write makes the current hot set durable in the next slot.
@@ -158,11 +178,16 @@ func (al *activityLog) write(clean bool) error {
 		r.extents = append(r.extents, e)
 	}
 	sort.Slice(r.extents, func(i, j int) bool { return r.extents[i] < r.extents[j] })
+	al.rewrite = true // until the record is durable
 	if _, err := al.f.WriteAt(encodeAL(r), int64(al.seq%2)*alSlotBytes); err != nil {
 		return err
 	}
 	al.updates++
-	return unix.Fdatasync(int(al.f.Fd()))
+	if err := unix.Fdatasync(int(al.f.Fd())); err != nil {
+		return err
+	}
+	al.rewrite = clean
+	return nil
 }
 
 // touch makes the extents of [off, off+length) hot, writing the log only
@@ -178,9 +203,15 @@ func (al *activityLog) touch(off, length int64) error {
 	for e := first; e <= last; e++ {
 		al.tick++
 		if _, ok := al.hot[e]; !ok {
-			if len(al.hot) >= al.capacity {
-				if err := al.evict(); err != nil {
+			// Down to below capacity: a log restored after a clean
+			// stop may hold more than this store's capacity.
+			for len(al.hot) >= al.capacity {
+				evicted, err := al.evict()
+				if err != nil {
 					return err
+				}
+				if !evicted {
+					break
 				}
 			}
 			if len(al.hot) >= alMaxExtents {
@@ -190,7 +221,7 @@ func (al *activityLog) touch(off, length int64) error {
 		}
 		al.hot[e] = al.tick
 	}
-	if changed {
+	if changed || al.rewrite {
 		if err := al.write(false); err != nil {
 			return err
 		}
@@ -221,7 +252,7 @@ func (al *activityLog) done(off, length int64) {
 // at risk. An extent with a write in flight must stay, or that write could
 // land after the sync and be lost to recovery. With none idle, the log
 // grows past its capacity for a while (up to alMaxExtents).
-func (al *activityLog) evict() error {
+func (al *activityLog) evict() (bool, error) {
 	var victim int64 = -1
 	var oldest uint64
 	for e, t := range al.hot {
@@ -233,26 +264,25 @@ func (al *activityLog) evict() error {
 		}
 	}
 	if victim < 0 {
-		return nil
+		return false, nil
 	}
 	if err := al.syncData(); err != nil {
-		return err
+		return false, err
 	}
 	delete(al.hot, victim)
-	return nil
+	return true, nil
 }
 
 // markClean records a clean state (after a flush of everything): nothing
-// to re-verify after the next start.
+// to re-verify after the next start. The hot extents stay named in the
+// record (and hot after the next start): consistent on this disk, they
+// may still differ from another copy where a crashed primary's write in
+// flight reached one and not the other. With a write still in flight the
+// record is not clean.
 func (al *activityLog) markClean() error {
 	al.mu.Lock()
 	defer al.mu.Unlock()
-	for e := range al.hot {
-		if al.busy[e] == 0 {
-			delete(al.hot, e)
-		}
-	}
-	return al.write(len(al.hot) == 0)
+	return al.write(len(al.busy) == 0)
 }
 
 func (al *activityLog) close() error { return al.f.Close() }

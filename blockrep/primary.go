@@ -400,11 +400,12 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		}
 		// A peer whose digests will be compared needs no marks: the
 		// comparison finds every difference.
+		// The hot extents are compared by digests too, not resent
+		// whole: a clean restart keeps them hot (activitylog.go), so a
+		// replica may name up to its log's capacity of them while
+		// only the regions a write in flight reached differ.
 		if !pe.digest {
-			for _, x := range hotUnion {
-				pe.missed.Mark(x*ExtentBytes, ExtentBytes)
-			}
-			pe.compare = normExtents(append(pe.compare, recUnion...))
+			pe.compare = normExtents(append(append(pe.compare, hotUnion...), recUnion...))
 		}
 		if r, ok := rec[id]; ok && promised[id] {
 			// Its own recovered extents, whatever cleanStart says:

@@ -155,9 +155,11 @@ func (p *Primary) rejoin(pe *peer) {
 	}
 	// Its own activity log names what a crash of the primary may have
 	// left different there, its recovered record what a crash of its
-	// own may have lost.
-	for _, x := range hotExtents {
-		pe.missed.Mark(x*ExtentBytes, ExtentBytes)
+	// own may have lost. Both are compared by digests, and only the
+	// regions that differ are resent (a clean restart keeps its hot
+	// extents named: most of them equal here).
+	if !pe.digest {
+		pe.compare = normExtents(append(pe.compare, hotExtents...))
 	}
 	if recovering {
 		p.noteRecovered(pe, recoveredInfo{extents: recExtents, whole: recWhole})

@@ -385,7 +385,8 @@ func (s *Store) VerifyBlocks(off, length int64) ([]int64, error) {
 	return bad, nil
 }
 
-// Close flushes, records a clean shutdown, and closes the files.
+// Close flushes, records a clean shutdown (the hot extents stay named,
+// activitylog.go), and closes the files.
 func (s *Store) Close() error {
 	err := s.syncFiles()
 	if err == nil {
@@ -399,8 +400,9 @@ func (s *Store) Close() error {
 func pread(f *os.File, p []byte, off int64) error  { return fileio.ReadFull(int(f.Fd()), p, off) }
 func pwrite(f *os.File, p []byte, off int64) error { return fileio.WriteFull(int(f.Fd()), p, off) }
 
-// HotExtents lists the 4 MiB extents written recently (the activity log):
-// after a crash of a primary, only they can differ between replicas.
+// HotExtents lists the 4 MiB extents written recently (the activity log,
+// across clean restarts too): after a crash of a primary, only they can
+// differ between replicas.
 func (s *Store) HotExtents() []int64 { return s.al.hotExtents() }
 
 // Dir is the directory of the store.
