@@ -56,6 +56,13 @@ const (
 	// generation moved under it.
 	maxStaleRetries = 8
 	resyncWindow    = 8
+	// compareRequestBytes is the span one digest request covers in a
+	// comparison (whole regions; at least one), compareWindow the
+	// requests in flight per peer: small enough that both sides digest
+	// at once, large enough that a request costs little beside its
+	// reading and hashing.
+	compareRequestBytes = 16 << 20
+	compareWindow       = 2
 )
 
 // PrimaryConfig describes the primary of one volume on this node.
@@ -176,8 +183,11 @@ type Primary struct {
 
 // PeerStatus is one replica as the primary sees it.
 type PeerStatus struct {
-	Node             NodeID `json:"node"`
-	State            string `json:"state"` // member, syncing, down
+	Node  NodeID `json:"node"`
+	State string `json:"state"` // member, syncing, down
+	// OutOfSyncBytes: what is marked to resend, plus the extents still
+	// to compare by digests (they may differ); CompareDigests: a
+	// comparison is pending (the whole volume, or those extents).
 	OutOfSyncBytes   int64  `json:"out_of_sync_bytes"`
 	CompareDigests   bool   `json:"compare_digests,omitempty"`
 	ResentBytes      int64  `json:"resent_bytes"`
@@ -217,8 +227,12 @@ func (p *Primary) Status() PrimaryStatus {
 		if pe == nil {
 			continue
 		}
-		ps := PeerStatus{Node: id, State: pe.state, OutOfSyncBytes: min(pe.missed.Count()*pe.missed.RegionBytes(), p.Size()),
-			CompareDigests: pe.digest, ResentBytes: pe.resentBytes.Load(), MissedBytes: pe.missedBytes.Load()}
+		// Extents still to compare may differ: they count as out of
+		// sync until compared (an upper bound), so a replica with a
+		// comparison pending is never shown up to date.
+		unsure := min(pe.missed.Count()*pe.missed.RegionBytes()+int64(len(pe.compare))*ExtentBytes, p.Size())
+		ps := PeerStatus{Node: id, State: pe.state, OutOfSyncBytes: unsure,
+			CompareDigests: pe.digest || len(pe.compare) > 0, ResentBytes: pe.resentBytes.Load(), MissedBytes: pe.missedBytes.Load()}
 		if pe.recovering {
 			ps.RecoveringExtents, ps.RecoveringWholeVolume = len(pe.recovered), pe.recoveredWhole
 		}

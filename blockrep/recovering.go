@@ -67,7 +67,7 @@ func (p *Primary) compareExtents(pe *peer, l *link) error {
 		}
 		if es[i]*ExtentBytes < size {
 			off, n := p.extentSpan(es[i], es[j-1])
-			if err := p.compareRange(pe, l, off, n); err != nil {
+			if err := p.compareSpan(pe, l, off, n); err != nil {
 				return err
 			}
 		}

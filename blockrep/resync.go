@@ -270,36 +270,75 @@ func (p *Primary) resync(pe *peer) error {
 
 // compareDigests marks the regions where the peer's data differs.
 func (p *Primary) compareDigests(pe *peer, l *link) error {
-	size, rb := p.Size(), p.cfg.RegionBytes
-	batch := rb * MaxDigestRegions
-	if batch > 1<<32-1 {
-		batch = (1<<32 - 1) / rb * rb
-	}
-	for off := int64(0); off < size; off += batch {
-		if err := p.compareRange(pe, l, off, min(batch, size-off)); err != nil {
-			return err
+	return p.compareSpan(pe, l, 0, p.Size())
+}
+
+// compareSpan compares [off, off+n) (off on a region) in requests of at
+// most compareRequestBytes, compareWindow of them at once: the peer
+// digests one while this node digests another (each request also runs
+// its two sides at once), where one request for the whole span left one
+// side idle while the other worked.
+func (p *Primary) compareSpan(pe *peer, l *link, off, n int64) error {
+	rb := p.cfg.RegionBytes
+	step := max(rb, min(compareRequestBytes, rb*MaxDigestRegions, 1<<32-1)/rb*rb)
+	window := make(chan struct{}, compareWindow)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for pos := off; pos < off+n; pos += step {
+		window <- struct{}{}
+		mu.Lock()
+		err := firstErr
+		mu.Unlock()
+		if err != nil {
+			<-window
+			break
 		}
+		wg.Add(1)
+		go func(pos int64) {
+			defer wg.Done()
+			defer func() { <-window }()
+			if err := p.compareRange(pe, l, pos, min(step, off+n-pos)); err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		}(pos)
 	}
-	return nil
+	wg.Wait()
+	return firstErr
 }
 
 // compareRange compares the digests of [off, off+n) (at most one digest
 // request's worth) here and on the peer, and marks the regions that
 // differ. Client writes may land meanwhile: they reach both copies, so a
 // region whose digests matched at the two moments they were taken stays
-// equal, and one that did not is resent.
+// equal, and one that did not is resent. This node's digests are taken
+// while the peer takes its own.
 func (p *Primary) compareRange(pe *peer, l *link, off, n int64) error {
 	rb := p.cfg.RegionBytes
 	req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
 		Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}
+	type local struct {
+		ds  []uint64
+		err error
+	}
+	here := make(chan local, 1)
+	go func() {
+		ds, err := p.cfg.Local.Digests(off, n, rb)
+		here <- local{ds, err}
+	}()
 	a, err := l.call(req, p.cfg.PeerTimeout*4)
+	lc := <-here
 	if err != nil {
 		return err
 	}
 	if a.Type != MsgDigestOK {
 		return fmt.Errorf("digest from node %d: %v %s", pe.id, a.Type, a.Payload)
 	}
-	mine, err := p.cfg.Local.Digests(off, n, rb)
+	mine, err := lc.ds, lc.err
 	if err != nil {
 		return err
 	}

@@ -250,6 +250,21 @@ func (s *Store) ReadAt(p []byte, off int64) error {
 	return nil
 }
 
+// readRaw reads p at off as it lies on disk, without checking the
+// checksums (digests: a bad block is digested as it is anyway).
+func (s *Store) readRaw(p []byte, off int64) error {
+	n := int64(len(p))
+	if n == 0 {
+		return nil
+	}
+	if err := s.checkRange(off, n); err != nil {
+		return err
+	}
+	unlock := s.lockRange(off, n, false)
+	defer unlock()
+	return pread(s.data, p, off)
+}
+
 // WriteAt writes p at off with its checksums; with fua both are durable on
 // return.
 func (s *Store) WriteAt(p []byte, off int64, fua bool) error {
