@@ -32,6 +32,7 @@ func (d *Daemon) controlHandler() http.Handler {
 		s := d.status
 		d.mu.Unlock()
 		s.Fencing = d.fencingStatus()
+		s.Lease = d.leaseStatus()
 		writeJSONResponse(w, http.StatusOK, s)
 	})
 	mux.HandleFunc("POST /v1/expected", func(w http.ResponseWriter, r *http.Request) {

@@ -54,6 +54,31 @@ type Status struct {
 	// Fencing is each node's fence state and this node's network filter;
 	// filled in when status is asked for (fencingStatus).
 	Fencing *FencingStatus `json:"fencing,omitempty"`
+	// Lease is this node's self-fence lease (fence/lease.go) as of its
+	// last HA tick; its times are on the node's heartbeat clock (ms since
+	// the daemon started). Filled in when status is asked for.
+	Lease *fence.LeaseState `json:"lease,omitempty"`
+}
+
+// leaseStatus is this node's self-fence lease (nil before the volume
+// manager runs).
+func (d *Daemon) leaseStatus() *fence.LeaseState {
+	if d.vols == nil || d.vols.ha == nil {
+		return nil
+	}
+	a := d.vols.ha
+	a.mu.Lock()
+	st := a.leaseState
+	a.mu.Unlock()
+	if st.Phase == "" {
+		return nil // the HA agent has not run (no storage address)
+	}
+	now := d.hb.NowMs()
+	st.MayAck = st.MayAckAt(now)
+	if st.ExpiresAtMs != 0 {
+		st.RemainingMs = max(st.ExpiresAtMs-now, 0)
+	}
+	return &st
 }
 
 // FencingStatus is the fence part of status.
@@ -203,6 +228,13 @@ func (s *Status) WriteText(w io.Writer) {
 	}
 	if len(away) > 0 {
 		fmt.Fprintf(w, "\nNot reachable:    %s\n", strings.Join(away, ", "))
+	}
+	if l := s.Lease; l != nil {
+		acks := "does not acknowledge writes"
+		if l.MayAck {
+			acks = fmt.Sprintf("may acknowledge writes, %d ms left", l.RemainingMs)
+		}
+		fmt.Fprintf(w, "\nSelf-fence lease: %s (%s)\n", l.Phase, acks)
 	}
 	if fs := s.Fencing; fs != nil {
 		writeFencingText(w, fs)

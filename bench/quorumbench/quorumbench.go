@@ -48,12 +48,18 @@ type Result struct {
 	Witness           bool    `json:"witness"`
 	WitnessLapses     int     `json:"witness_lapses"`
 	WitnessLapseMaxMs float64 `json:"witness_lapse_max_ms"`
+	// LeaseLapses counts the times in the soak a quorate node's status
+	// showed its self-fence lease not held (fence/lease.go: its members'
+	// echoes too old to keep it running), which would close its
+	// primaries; LeaseMinLeftMs is the least lease left seen.
+	LeaseLapses    int   `json:"lease_lapses"`
+	LeaseMinLeftMs int64 `json:"lease_min_left_ms"`
 }
 
 type bnode struct {
-	name, dir, addr string
-	cmd             *exec.Cmd
-	ctl             *node.ControlClient
+	name, dir, addr, storage string
+	cmd                      *exec.Cmd
+	ctl                      *node.ControlClient
 }
 
 func (n *bnode) start(bin string) error {
@@ -99,6 +105,24 @@ func run(bin string, args ...string) error {
 	return nil
 }
 
+// freeTCPPair finds a TCP port p with p+1 free too (a node's NBD and
+// replication listeners).
+func freeTCPPair(ip string) (int, error) {
+	for i := 0; i < 50; i++ {
+		l, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if l2, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, port+1)); err == nil {
+			l2.Close()
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("no two free TCP ports in a row on %s", ip)
+}
+
 func freePort(ip string) (int, error) {
 	for i := 0; i < 50; i++ {
 		l, err := net.Listen("tcp", ip+":0")
@@ -140,15 +164,22 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
+		// A storage address too, so that the node runs its HA agent
+		// and the soak sees its self-fence lease (it serves no volume).
+		sport, err := freeTCPPair(ip)
+		if err != nil {
+			return nil, err
+		}
 		d := filepath.Join(root, fmt.Sprintf("n%d", i))
-		nodes = append(nodes, &bnode{name: fmt.Sprintf("n%d", i), dir: d, addr: fmt.Sprintf("%s:%d", ip, port), ctl: node.NewControlClient(node.DataDir{Path: d}, 2*time.Second)})
+		nodes = append(nodes, &bnode{name: fmt.Sprintf("n%d", i), dir: d, addr: fmt.Sprintf("%s:%d", ip, port),
+			storage: fmt.Sprintf("%s:%d", ip, sport), ctl: node.NewControlClient(node.DataDir{Path: d}, 2*time.Second)})
 	}
 	defer func() {
 		for _, n := range nodes {
 			n.kill()
 		}
 	}()
-	if err := run(cfg.Paddock, "cluster", "create", "bench", "--data-dir", nodes[0].dir, "--node-name", "n1", "--cluster-addr", nodes[0].addr); err != nil {
+	if err := run(cfg.Paddock, "cluster", "create", "bench", "--data-dir", nodes[0].dir, "--node-name", "n1", "--cluster-addr", nodes[0].addr, "--storage-addr", nodes[0].storage); err != nil {
 		return nil, err
 	}
 	if err := nodes[0].start(cfg.Paddock); err != nil {
@@ -162,7 +193,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if err := nodes[0].ctl.Call("POST", "/v1/tokens", struct{}{}, &tok); err != nil {
 			return nil, err
 		}
-		if err := run(cfg.Paddock, "cluster", "join", nodes[0].addr, "--token", tok.Token, "--data-dir", n.dir, "--node-name", n.name, "--cluster-addr", n.addr); err != nil {
+		if err := run(cfg.Paddock, "cluster", "join", nodes[0].addr, "--token", tok.Token, "--data-dir", n.dir, "--node-name", n.name, "--cluster-addr", n.addr, "--storage-addr", n.storage); err != nil {
 			return nil, err
 		}
 		if err := n.start(cfg.Paddock); err != nil {
@@ -234,6 +265,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		// Episodes are counted per node: a loss (or lapse) that lasts
 		// several polls counts once.
 		lost := map[string]bool{}
+		leaseLapsed := map[string]bool{}
+		res.LeaseMinLeftMs = -1
 		lapsedSince := map[string]time.Time{}
 		endLapse := func(name string) {
 			if t, ok := lapsedSince[name]; ok {
@@ -252,6 +285,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 					lost[n.name] = true
 				} else {
 					lost[n.name] = false
+				}
+				if err == nil && s.Quorum.Quorate && s.Lease != nil {
+					if res.LeaseMinLeftMs < 0 || s.Lease.RemainingMs < res.LeaseMinLeftMs {
+						res.LeaseMinLeftMs = s.Lease.RemainingMs
+					}
+					held := s.Lease.Phase == "held" && s.Lease.MayAck
+					if !held && !leaseLapsed[n.name] {
+						res.LeaseLapses++
+						fmt.Fprintf(cfg.Log, "lease not held on quorate %s at %s: %s\n", n.name, time.Now().Format(time.TimeOnly), s.Lease.Phase)
+					}
+					leaseLapsed[n.name] = !held
 				}
 				switch {
 				case !cfg.Witness || err != nil:
@@ -374,6 +418,7 @@ func (r *Result) Markdown(command string) string {
 		if r.Witness {
 			fmt.Fprintf(&b, ", %d lapses of the witness's vote (longest %.0f ms)", r.WitnessLapses, r.WitnessLapseMaxMs)
 		}
+		fmt.Fprintf(&b, ", %d lapses of a quorate node's self-fence lease (least left %d ms)", r.LeaseLapses, r.LeaseMinLeftMs)
 		b.WriteString(".\n")
 	}
 	return b.String()
