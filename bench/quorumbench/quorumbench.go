@@ -105,25 +105,25 @@ func run(bin string, args ...string) error {
 	return nil
 }
 
+// freePort finds a TCP port on ip whose UDP twin is free too (a node's
+// cluster address: heartbeats over UDP, control over TLS).
+func freePort(ip string) (int, error) {
+	return freeTCPPort(ip, func(port int) (io.Closer, error) {
+		return net.ListenPacket("udp", fmt.Sprintf("%s:%d", ip, port))
+	})
+}
+
 // freeTCPPair finds a TCP port p with p+1 free too (a node's NBD and
 // replication listeners).
 func freeTCPPair(ip string) (int, error) {
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp", ip+":0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if l2, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, port+1)); err == nil {
-			l2.Close()
-			return port, nil
-		}
-	}
-	return 0, fmt.Errorf("no two free TCP ports in a row on %s", ip)
+	return freeTCPPort(ip, func(port int) (io.Closer, error) {
+		return net.Listen("tcp", fmt.Sprintf("%s:%d", ip, port+1))
+	})
 }
 
-func freePort(ip string) (int, error) {
+// freeTCPPort finds a free TCP port on ip for which also can bind what
+// the node will need beside it.
+func freeTCPPort(ip string, also func(port int) (io.Closer, error)) (int, error) {
 	for i := 0; i < 50; i++ {
 		l, err := net.Listen("tcp", ip+":0")
 		if err != nil {
@@ -131,8 +131,8 @@ func freePort(ip string) (int, error) {
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
-		if u, err := net.ListenPacket("udp", fmt.Sprintf("%s:%d", ip, port)); err == nil {
-			u.Close()
+		if c, err := also(port); err == nil {
+			c.Close()
 			return port, nil
 		}
 	}
