@@ -39,8 +39,10 @@
 //     zero, raw, s2, zstd or batches of per-page records that may be
 //     XBZRLE-style deltas (xbzrle.go) against a bounded LRU of what was last
 //     sent, or sparse frames (a run whose zero and data pages alternate: a
-//     page bitmap, then the data pages alone, written at the destination
-//     with one pwritev); control frames for hello, rounds, device state, the RAM digest,
+//     page bitmap, then the data pages alone; the destination writes them
+//     with one pwritev over RAM that holds data, and only the data runs,
+//     one pwrite each, on fresh RAM, whose zero pages it never allocates);
+//     control frames for hello, rounds, device state, the RAM digest,
 //     commit, ack and error. Every header and payload has a crc32c; the
 //     decoder checks every field against hard limits before trusting it.
 //

@@ -304,8 +304,10 @@ func (e *Encoder) writeSnapRuns(index uint64, snap []byte, runs int) error {
 // minSparseRuns: a snapshot whose pages change between zero and data this
 // many times or more goes as one sparse frame rather than a frame per run.
 // Two runs (zero then data, or the reverse) cost two headers, less than a
-// bitmap; from three on the sparse frame is smaller and, at the
-// destination, one pwritev instead of one pwrite per data run.
+// bitmap; from three on the sparse frame is smaller, one header and one
+// checksum instead of one a run, and, at the destination over RAM that
+// holds data, one pwritev instead of one pwrite per run (on fresh RAM it
+// writes the data runs alone: see maxZeroFillPages).
 const minSparseRuns = 3
 
 // sparseRuns records which pages of snap are zero in e.zeroes and returns
