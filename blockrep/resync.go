@@ -200,8 +200,21 @@ func (p *Primary) resync(pe *peer) error {
 		pe.compare = nil // the whole volume was compared
 		p.mu.Unlock()
 	}
-	if err := p.compareExtents(pe, l); err != nil {
+	// The extents named for a comparison (hot, recovered) are compared
+	// while the regions already marked are sent: the two use different
+	// parts of the volume and of the machine (digests here and there,
+	// against reads, the link and writes there). A region the comparison
+	// marks behind the send is sent by the next pass below; one it
+	// compares while a resend of it lands is either equal when both
+	// digests were taken or marked and sent again, as with client writes.
+	compared := make(chan error, 1)
+	go func() { compared <- p.compareExtents(pe, l) }()
+	sendErr := p.sendMissed(pe, l)
+	if err := <-compared; err != nil {
 		return err
+	}
+	if sendErr != nil {
+		return sendErr
 	}
 	for {
 		if err := p.sendMissed(pe, l); err != nil {
