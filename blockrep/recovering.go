@@ -53,6 +53,30 @@ func (p *Primary) compareExtents(pe *peer, l *link) error {
 	p.mu.Lock()
 	es := normExtents(pe.compare)
 	p.mu.Unlock()
+	return p.compareExtentList(pe, l, es)
+}
+
+// unmarkedToCompare lists the extents to compare none of whose regions
+// (rounded out as compared) is marked to send. p.mu held.
+func (p *Primary) unmarkedToCompare(pe *peer) []int64 {
+	rb := pe.missed.RegionBytes()
+	var out []int64
+	for _, x := range normExtents(pe.compare) {
+		off, n := p.extentSpan(x, x)
+		if n <= 0 {
+			continue
+		}
+		if r := pe.missed.Next(off / rb); r >= 0 && r*rb < off+n {
+			continue
+		}
+		out = append(out, x)
+	}
+	return out
+}
+
+// compareExtentList compares the given extents of pe.compare and takes
+// them off it.
+func (p *Primary) compareExtentList(pe *peer, l *link, es []int64) error {
 	if len(es) == 0 {
 		return nil
 	}

@@ -200,21 +200,28 @@ func (p *Primary) resync(pe *peer) error {
 		pe.compare = nil // the whole volume was compared
 		p.mu.Unlock()
 	}
-	// The extents named for a comparison (hot, recovered) are compared
-	// while the regions already marked are sent: the two use different
-	// parts of the volume and of the machine (digests here and there,
-	// against reads, the link and writes there). A region the comparison
-	// marks behind the send is sent by the next pass below; one it
-	// compares while a resend of it lands is either equal when both
-	// digests were taken or marked and sent again, as with client writes.
+	// The extents named for a comparison (hot, recovered) that hold no
+	// region marked to send are compared while the marked regions are
+	// sent: the two use different parts of the volume and of the
+	// machine (digests here and there, against reads, the link and
+	// writes there). A region the comparison marks is sent by the next
+	// pass below. The other extents are compared after the send: a
+	// region compared while its resend is on the way would differ and
+	// be sent twice.
+	p.mu.Lock()
+	apart := p.unmarkedToCompare(pe)
+	p.mu.Unlock()
 	compared := make(chan error, 1)
-	go func() { compared <- p.compareExtents(pe, l) }()
+	go func() { compared <- p.compareExtentList(pe, l, apart) }()
 	sendErr := p.sendMissed(pe, l)
 	if err := <-compared; err != nil {
 		return err
 	}
 	if sendErr != nil {
 		return sendErr
+	}
+	if err := p.compareExtents(pe, l); err != nil {
+		return err
 	}
 	for {
 		if err := p.sendMissed(pe, l); err != nil {
@@ -414,7 +421,10 @@ func (p *Primary) sendMissed(pe *peer, l *link) error {
 		// and GC work. The frame writer is done with it once call returns.
 		fb := getFrame(int(n))
 		buf := (*fb)[:n]
-		if err := p.Store().ReadAt(buf, off); err != nil {
+		// The read checks every block's checksum; their crc32c
+		// folded together is the frame's payload checksum.
+		sum, err := p.Store().readAtSum(buf, off)
+		if err != nil {
 			putFrame(fb)
 			unlock()
 			<-window
@@ -431,7 +441,7 @@ func (p *Primary) sendMissed(pe *peer, l *link) error {
 			defer unlock()
 			defer putFrame(fb)
 			m := &Message{Type: MsgSyncWrite, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: e, Gen: g,
-				Offset: uint64(off), Length: uint32(n), Payload: buf}
+				Offset: uint64(off), Length: uint32(n), Payload: buf, payloadSum: sum, payloadSumSet: true}
 			a, err := l.call(m, p.cfg.PeerTimeout*2)
 			if err == nil && a.Type != MsgWriteOK {
 				if a.Type == MsgRefuse && a.Epoch > e {

@@ -211,12 +211,28 @@ func (s *Store) checkRange(off, length int64) error {
 // checksum. On a mismatch p is filled anyway and a *ChecksumError names the
 // bad blocks (the caller reads them from another replica).
 func (s *Store) ReadAt(p []byte, off int64) error {
+	_, err := s.readAt(p, off, false)
+	return err
+}
+
+// readAtSum is ReadAt of whole blocks that also returns the crc32c of
+// all of p, folded from the block checksums the read computes anyway (a
+// resync frame's checksum without another pass over the data).
+func (s *Store) readAtSum(p []byte, off int64) (uint32, error) {
+	if off%BlockBytes != 0 || len(p)%BlockBytes != 0 {
+		return 0, fmt.Errorf("read of %d+%d: not whole blocks", off, len(p))
+	}
+	return s.readAt(p, off, true)
+}
+
+func (s *Store) readAt(p []byte, off int64, fold bool) (uint32, error) {
+	var whole uint32
 	n := int64(len(p))
 	if n == 0 {
-		return nil
+		return 0, nil
 	}
 	if err := s.checkRange(off, n); err != nil {
-		return err
+		return 0, err
 	}
 	unlock := s.lockRange(off, n, false)
 	defer unlock()
@@ -229,25 +245,29 @@ func (s *Store) ReadAt(p []byte, off int64) error {
 		buf = make([]byte, (last-first+1)*BlockBytes)
 	}
 	if err := pread(s.data, buf, first*BlockBytes); err != nil {
-		return err
+		return 0, err
 	}
 	sums := make([]byte, (last-first+1)*sumBytes)
 	if err := pread(s.sums, sums, first*sumBytes); err != nil {
-		return err
+		return 0, err
 	}
 	var bad []int64
 	for i := int64(0); i <= last-first; i++ {
-		if !sumMatches(getSum(sums[i*sumBytes:]), blockSum(buf[i*BlockBytes:(i+1)*BlockBytes])) {
+		got := blockSum(buf[i*BlockBytes : (i+1)*BlockBytes])
+		if !sumMatches(getSum(sums[i*sumBytes:]), got) {
 			bad = append(bad, first+i)
+		}
+		if fold {
+			whole = foldBlock(whole, got)
 		}
 	}
 	if !aligned {
 		copy(p, buf[off-first*BlockBytes:])
 	}
 	if bad != nil {
-		return &ChecksumError{Blocks: bad}
+		return 0, &ChecksumError{Blocks: bad}
 	}
-	return nil
+	return whole, nil
 }
 
 // readRaw reads p at off as it lies on disk, without checking the

@@ -138,6 +138,13 @@ type Message struct {
 	Length  uint32 // the range's length; for a write, len(Payload)
 	Members []NodeID
 	Payload []byte
+
+	// payloadSum, when payloadSumSet, is the crc32c of Payload, known
+	// to the sender already (a resync read checksums every block it
+	// reads): EncodeHeader then folds it in instead of reading the
+	// payload again.
+	payloadSum    uint32
+	payloadSumSet bool
 }
 
 // ErrBadMessage wraps every decoding error.
@@ -181,7 +188,12 @@ func EncodeHeader(dst []byte, m *Message) ([]byte, error) {
 	for _, id := range m.Members {
 		dst = binary.BigEndian.AppendUint32(dst, uint32(id))
 	}
-	c := crc32.Update(crc32.Checksum(dst[start:], castagnoli), castagnoli, m.Payload)
+	c := crc32.Checksum(dst[start:], castagnoli)
+	if m.payloadSumSet {
+		c = crcCombine(c, m.payloadSum, int64(len(m.Payload)))
+	} else {
+		c = crc32.Update(c, castagnoli, m.Payload)
+	}
 	binary.BigEndian.PutUint32(dst[crcAt:], c)
 	return dst, nil
 }
