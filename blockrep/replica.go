@@ -236,12 +236,18 @@ func (r *Replica) admit(e Epoch, g Gen, sync bool) (func(), *Refusal) {
 // Write applies a write of the primary of epoch e, if the voter state
 // admits it.
 func (r *Replica) Write(e Epoch, g Gen, sync bool, p []byte, off int64, fua bool) (*Refusal, error) {
+	return r.write(e, g, sync, p, nil, off, fua)
+}
+
+// write is Write with the blocks' checksums when the frame's decoding
+// computed them (nil: computed here).
+func (r *Replica) write(e Epoch, g Gen, sync bool, p []byte, sums []uint32, off int64, fua bool) (*Refusal, error) {
 	release, ref := r.admit(e, g, sync)
 	if ref != nil {
 		return ref, nil
 	}
 	defer release()
-	return nil, r.store.WriteAt(p, off, fua)
+	return nil, r.store.writeAt(p, sums, off, fua)
 }
 
 // Zero zeroes a range for the primary of epoch e.
@@ -387,7 +393,7 @@ func (r *Replica) Handle(m *Message) *Message {
 		if m.Type == MsgZero {
 			ref, err = r.Zero(m.Epoch, m.Gen, m.Flags&FlagSync != 0, int64(m.Offset), int64(m.Length), fua)
 		} else {
-			ref, err = r.Write(m.Epoch, m.Gen, m.Type == MsgSyncWrite, m.Payload, int64(m.Offset), fua)
+			ref, err = r.write(m.Epoch, m.Gen, m.Type == MsgSyncWrite, m.Payload, m.blockSums, int64(m.Offset), fua)
 		}
 		if ref != nil {
 			return refuse(ref)

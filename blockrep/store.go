@@ -288,7 +288,16 @@ func (s *Store) readRaw(p []byte, off int64) error {
 // WriteAt writes p at off with its checksums; with fua both are durable on
 // return.
 func (s *Store) WriteAt(p []byte, off int64, fua bool) error {
+	return s.writeAt(p, nil, off, fua)
+}
+
+// writeAt is WriteAt with, when not nil, the crc32c of each block of p
+// (p then holds whole blocks at a block boundary), computed already.
+func (s *Store) writeAt(p []byte, blockSums []uint32, off int64, fua bool) error {
 	n := int64(len(p))
+	if blockSums != nil && (off%BlockBytes != 0 || n != int64(len(blockSums))*BlockBytes) {
+		blockSums = nil // not whole blocks here: computed below
+	}
 	if n == 0 {
 		return nil
 	}
@@ -300,7 +309,7 @@ func (s *Store) WriteAt(p []byte, off int64, fua bool) error {
 	}
 	defer s.al.done(off, n)
 	unlock := s.lockRange(off, n, true)
-	err := s.writeLocked(p, off)
+	err := s.writeLockedSums(p, blockSums, off)
 	unlock()
 	if err == nil && fua {
 		err = s.Flush()
@@ -308,13 +317,21 @@ func (s *Store) WriteAt(p []byte, off int64, fua bool) error {
 	return err
 }
 
-func (s *Store) writeLocked(p []byte, off int64) error {
+func (s *Store) writeLocked(p []byte, off int64) error { return s.writeLockedSums(p, nil, off) }
+
+func (s *Store) writeLockedSums(p []byte, blockSums []uint32, off int64) error {
 	n := int64(len(p))
 	first, last := off/BlockBytes, (off+n-1)/BlockBytes
 	if err := pwrite(s.data, p, off); err != nil {
 		return err
 	}
 	sums := make([]byte, (last-first+1)*sumBytes)
+	if blockSums != nil {
+		for i, c := range blockSums {
+			putSum(sums[i*sumBytes:], c)
+		}
+		return pwrite(s.sums, sums, first*sumBytes)
+	}
 	var block []byte
 	for b := first; b <= last; b++ {
 		start := b * BlockBytes

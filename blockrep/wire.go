@@ -145,6 +145,11 @@ type Message struct {
 	// payload again.
 	payloadSum    uint32
 	payloadSumSet bool
+	// blockSums, set by Decode on a write of whole blocks, holds the
+	// crc32c of each 4 KiB block of Payload: the frame checksum was
+	// verified from them, and the replica stores them as the blocks'
+	// checksums instead of computing them again.
+	blockSums []uint32
 }
 
 // ErrBadMessage wraps every decoding error.
@@ -315,7 +320,24 @@ func Decode(frame []byte) (*Message, error) {
 	}
 	sum := binary.BigEndian.Uint32(frame[offCRC:])
 	c := crc32.Update(crc32.Checksum(frame[:offCRC], castagnoli), castagnoli, []byte{0, 0, 0, 0})
-	c = crc32.Update(c, castagnoli, frame[wireHeaderBytes:])
+	// A write of whole blocks: checksum each block (the store keeps
+	// these) and fold them into the frame's checksum, one pass over
+	// the data for both. FrameLength checked the lengths.
+	payloadAt := wireHeaderBytes + 4*int(binary.BigEndian.Uint16(frame[offMembers:]))
+	var blockSums []uint32
+	if t := MsgType(frame[4]); (t == MsgWrite || t == MsgSyncWrite) && payloadAt < len(frame) && (len(frame)-payloadAt)%BlockBytes == 0 {
+		c = crc32.Update(c, castagnoli, frame[wireHeaderBytes:payloadAt])
+		payload := frame[payloadAt:]
+		blockSums = make([]uint32, len(payload)/BlockBytes)
+		var pc uint32
+		for i := range blockSums {
+			blockSums[i] = blockSum(payload[i*BlockBytes : (i+1)*BlockBytes])
+			pc = foldBlock(pc, blockSums[i])
+		}
+		c = crcCombine(c, pc, int64(len(payload)))
+	} else {
+		c = crc32.Update(c, castagnoli, frame[wireHeaderBytes:])
+	}
 	if c != sum {
 		return nil, badf("checksum mismatch")
 	}
@@ -339,6 +361,7 @@ func Decode(frame []byte) (*Message, error) {
 	}
 	if p := frame[wireHeaderBytes+4*count:]; len(p) > 0 {
 		m.Payload = p
+		m.blockSums = blockSums
 	}
 	if err := m.check(); err != nil {
 		return nil, err

@@ -38,7 +38,18 @@ func sampleMessages() []*Message {
 		{Type: MsgResolve, Volume: 7, From: 1, Epoch: 11, Seq: 52, Payload: []byte{0, 0, 0, 0, 0, 0, 0, 9}},
 		{Type: MsgResolve, Volume: 7, From: 1, Epoch: 11, Seq: 53},
 		{Type: MsgResolveOK, Volume: 7, From: 3, Epoch: 11, Seq: 53},
+		// Writes of whole blocks: Decode checksums them block by block.
+		{Type: MsgSyncWrite, Volume: 7, From: 1, Epoch: 9, Gen: Gen{9, 1}, Seq: 54, Offset: 8192, Length: 2 * BlockBytes, Payload: patterned(2 * BlockBytes)},
+		{Type: MsgWrite, Volume: 7, From: 1, Epoch: 9, Gen: Gen{9, 1}, Seq: 55, Offset: 0, Length: BlockBytes, Payload: patterned(BlockBytes)},
 	}
+}
+
+func patterned(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*31 + i>>8)
+	}
+	return b
 }
 
 func TestPromiseExtents(t *testing.T) {
@@ -73,6 +84,17 @@ func TestWireRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v: %v", m.Type, err)
 		}
+		if (m.Type == MsgWrite || m.Type == MsgSyncWrite) && len(m.Payload)%BlockBytes == 0 {
+			if len(got.blockSums) != len(m.Payload)/BlockBytes {
+				t.Fatalf("%v of %d bytes: %d block checksums", m.Type, len(m.Payload), len(got.blockSums))
+			}
+			for i, c := range got.blockSums {
+				if c != blockSum(m.Payload[i*BlockBytes:(i+1)*BlockBytes]) {
+					t.Fatalf("%v: checksum of block %d is wrong", m.Type, i)
+				}
+			}
+		}
+		got.blockSums = nil
 		if !reflect.DeepEqual(got, m) {
 			t.Fatalf("%v: got %+v want %+v", m.Type, got, m)
 		}
