@@ -12,9 +12,11 @@ import (
 // A node may acknowledge writes only while it holds its lease. The lease
 // runs LeaseMs (default 2x the token timeout) from its anchor, and the
 // anchor is measured on the node's own clock from its own heartbeats: when
-// the node is quorate, each peer among its members has echoed one of the
-// node's heartbeats (membership.Tracker.EchoAnchorMs), and the anchor is
-// the oldest send time among those echoes. A node cut off from the
+// the node is quorate, the peers among its members echo its heartbeats
+// (membership.Tracker.EchoAnchorsMs), and the anchor is the newest send
+// time that a quorum of vote sources has echoed (QuorumAnchorMs; with
+// fewer votes than the quorum present, as auto_tie_breaker's half of an
+// even split, every vote present must vouch). A node cut off from the
 // majority therefore stops acknowledging writes on its own, whether or not
 // anyone can power it off (invariant 3).
 //
@@ -61,17 +63,25 @@ import (
 //     from it (the daemon takes the later of the two). A peer's vote
 //     counts for the victim only while that peer's heartbeat lists it as
 //     heard, and the anchor is that heartbeat's echo.
-//  2. The survivors' bound covers what their members' last heartbeats
-//     said: a member that hears the victim again before the promotion
-//     (a link that heals halfway) moves the bound at its next heartbeat,
-//     but one that hears it again after the promotion is a rejoin, and the
-//     storage epoch, not the lease, stops the old primary then (the lease
-//     is one fence among several).
+//  2. The survivors' bound covers what their members' heartbeats said
+//     as far as the survivors received them. A member that hears the
+//     victim again (a link that heals halfway) moves the bound at its
+//     next heartbeat, but if that heartbeat is lost or late toward the
+//     acting node while the member's echoes reach the victim, the victim
+//     renews a lease the survivors count as over (found in review, with
+//     a test). So the wait alone does not release the old primary's
+//     epoch at the voters: the new primary still waits out its read
+//     lease, and the storage epoch stops its writes (node/ha.go). A
+//     protocol in which members withhold echoes from a node the acting
+//     node suspects would close this; it is not built.
 //  3. The victim fences its primaries within FenceDelayMs of the lease's
 //     end (the daemon arms a timer for ExpiresAtMs and also checks on
 //     every tick), on the clock its heartbeats were stamped with. A write
 //     whose ack was decided before the lease ended but sent after a pause
 //     is stopped by the storage epoch, not by the lease.
+//  4. two_node: each node alone is quorate, so its lease never runs out
+//     while it runs; the survivors' wait then rests on nothing but the
+//     epoch and the read lease. Give two_node clusters a fence device.
 
 // LeaseConfig is the lease's timing. Zero fields take defaults.
 type LeaseConfig struct {

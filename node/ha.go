@@ -213,7 +213,13 @@ func (a *haAgent) tick(ctx context.Context) {
 			go a.netFence(ctx, v.Primary, victim.Name, members)
 		}
 		a.proposing[v.Name] = true
-		go a.failover(ctx, v, members, true)
+		// The old primary's epoch is released at the voters (no wait for
+		// its read lease) only after a verified power fence. A lease
+		// waited out does not suffice: a member that hears the lost node
+		// again may renew its lease through heartbeats this node has not
+		// seen yet (a half-healed link), so the new primary waits out the
+		// old one's read lease, and the epoch stops its writes.
+		go a.failover(ctx, v, members, a.fenced[v.Primary])
 	}
 }
 
@@ -236,21 +242,30 @@ func (a *haAgent) observeLease(quorate bool, members []uint32) fence.LeaseState 
 	now := d.hb.NowMs()
 	cfg := d.config()
 	self := d.loaded.Identity.ID
-	var selfVotes uint32
+	var selfVotes, presentVotes uint32
 	var sources []fence.VoteAnchor
 	for _, n := range cfg.Nodes {
 		if n.ID == self {
 			selfVotes = n.Votes
-		} else if at, ok := echoes[membership.NodeID(n.ID)]; ok {
+			continue
+		}
+		if slices.Contains(members, n.ID) {
+			presentVotes += n.Votes
+		}
+		if at, ok := echoes[membership.NodeID(n.ID)]; ok {
 			sources = append(sources, fence.VoteAnchor{Votes: n.Votes, AnchorMs: at})
 		}
 	}
 	if w := qv.Witness; w != nil && w.Vote {
+		presentVotes += w.Votes
 		if at, _, ok := d.wit.evidence(now); ok {
 			sources = append(sources, fence.VoteAnchor{Votes: w.Votes, AnchorMs: at})
 		}
 	}
-	anchor, ok := fence.QuorumAnchorMs(now, selfVotes, qv.Quorum, sources)
+	// Quorate with fewer votes than the quorum (auto_tie_breaker's half
+	// of an even split): every vote present must vouch.
+	need := min(qv.Quorum, selfVotes+presentVotes)
+	anchor, ok := fence.QuorumAnchorMs(now, selfVotes, need, sources)
 	st := a.lease.Observe(now, quorate, anchor, ok)
 	a.mu.Lock()
 	a.leaseState = st
@@ -329,8 +344,8 @@ func (a *haAgent) netFence(ctx context.Context, node uint32, name string, member
 
 // failover moves a volume's primary role to the member replica with the
 // newest generation.
-// The old primary's promises are released at the voters only when it is
-// fenced (releaseOld: its power verified off, or its lease surely over).
+// The old primary's promises are released at the voters only when its
+// power is verified off (releaseOld).
 func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32, releaseOld bool) {
 	defer func() {
 		a.mu.Lock()
@@ -364,10 +379,9 @@ func (a *haAgent) failover(ctx context.Context, v VolumeConfig, members []uint32
 		time.Sleep(time.Second)
 		return
 	}
-	// The old primary's node is fenced (power verified off) or its lease
-	// has surely run out (it self-fenced): it serves nothing, so its
-	// promises are released and the new primary need not wait out its
-	// read lease (blockrep epoch.go, rule 5).
+	// The old primary's node is fenced (power verified off): it serves
+	// nothing, so its promises are released and the new primary need not
+	// wait out its read lease (blockrep epoch.go, rule 5).
 	if releaseOld {
 		if n := a.m.releaseFenced(ctx, v, v.Primary); n > 0 {
 			a.log.Info("released the fenced primary's epoch at the voters", "volume", v.Name, "node", v.Primary, "voters", n)

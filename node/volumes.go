@@ -326,6 +326,13 @@ func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
 		WriteQuorum: v.WriteQuorum, Logger: m.log.With("volume_name", v.Name),
 		ResyncMaxBytesPerSecond: v.ResyncMaxBytesPerSecond, ResyncMinBytesPerSecond: v.ResyncMinBytesPerSecond,
 	})
+	// The lease may have run out while the promotion ran (it can fetch
+	// a recovering replica's extents): asked again before the primary
+	// is installed, and before m.mu (lock order, as in reconcile).
+	if err == nil && !m.ha.mayPromote() {
+		p.Close()
+		err = errors.New("this node's self-fence lease ran out during the promotion")
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	lv.promoting = false
@@ -413,8 +420,8 @@ func (m *volumeManager) serveReplication(ctx context.Context, ln net.Listener) {
 
 // releaseFenced tells the volume's voters that node holder was fenced
 // (see blockrep.ReleaseFenced); it returns how many took it. Call it only
-// once holder surely serves nothing: its power verified off, or its
-// self-fence lease surely over.
+// once holder surely serves nothing: its power verified off (a lease
+// counted over is not enough: see fence/lease.go, assumption 2).
 func (m *volumeManager) releaseFenced(ctx context.Context, v VolumeConfig, holder uint32) int {
 	self := m.d.loaded.Identity.ID
 	dials := map[blockrep.NodeID]func(context.Context) (net.Conn, error){}

@@ -42,7 +42,7 @@ type Config struct {
 type Transport struct {
 	cfg     Config
 	conn    *net.UDPConn
-	start   time.Time
+	startMs int64 // bootMs at Listen
 	mu      sync.Mutex
 	tracker *Tracker
 	peers   []Peer
@@ -78,12 +78,14 @@ func Listen(cfg Config) (*Transport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat socket on %s: %w", cfg.Listen, err)
 	}
-	return &Transport{cfg: cfg, conn: conn, start: time.Now(), tracker: tr, peers: cfg.Peers, changed: make(chan struct{}, 1)}, nil
+	return &Transport{cfg: cfg, conn: conn, startMs: bootMs(), tracker: tr, peers: cfg.Peers, changed: make(chan struct{}, 1)}, nil
 }
 
-// NowMs is the transport's monotonic clock, the virtual time the pure
-// parts are driven with.
-func (t *Transport) NowMs() int64 { return time.Since(t.start).Milliseconds() }
+// NowMs is the transport's clock, the virtual time the pure parts (the
+// tracker, the quorum machine, the self-fence lease) are driven with: ms
+// since Listen on CLOCK_BOOTTIME, which keeps counting while the system is
+// suspended (clock_linux.go).
+func (t *Transport) NowMs() int64 { return bootMs() - t.startMs }
 
 // Addr is the bound address.
 func (t *Transport) Addr() *net.UDPAddr { return t.conn.LocalAddr().(*net.UDPAddr) }

@@ -312,9 +312,12 @@ func (c *Client) accept(v *Verdict) {
 	if c.vote == nil {
 		c.cfg.Log.Info("witness vote granted", "membership", fmt.Sprint(v.Membership), "reason", v.Reason)
 	}
-	if c.vote == nil || !slices.Equal(c.vote, v.Membership) {
+	// A grant after none, for another membership, or after the last one
+	// lapsed is a new grant: the witness may have given its vote to
+	// someone else in between.
+	if now := c.cfg.NowMs(); c.vote == nil || !slices.Equal(c.vote, v.Membership) || now >= c.voteUntilMs {
 		c.voteUntilMs, c.voteAnchorMs = 0, 0
-		c.grantedAtMs = c.cfg.NowMs()
+		c.grantedAtMs = now
 	}
 	c.vote = slices.Clone(v.Membership)
 	if until > c.voteUntilMs {
