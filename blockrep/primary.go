@@ -446,7 +446,9 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 	// recovering them before it serves, meanwhile the lease runs out
 	// (nothing here changes another copy).
 	fetched := make(chan error, 1)
-	go func() { fetched <- p.fetchOwnRecovered(complete, rec) }()
+	// From the newest generation's whole set, not only the members that
+	// promised: one that did not may hold what this copy lost.
+	go func() { fetched <- p.fetchOwnRecovered(d.NewestMembers, rec) }()
 	select {
 	case <-time.After(leaseWait):
 	case <-ctx.Done():

@@ -174,8 +174,10 @@ func (p *Primary) resolvePeer(pe *peer, l *link) error {
 // from members of the newest generation that are not recovering them
 // (their copies hold every acknowledged write), comparing digests so
 // that only the regions that differ cross the network. An extent that
-// every reachable member is recovering has no better copy: this node's
-// stands, and that is logged loudly. Then the record is resolved.
+// every member of the newest generation is recovering (each reached) has
+// no better copy: this node's stands, and that is logged loudly; one that
+// a member not reached may hold fails the promotion. Then the record is
+// resolved.
 func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredInfo) error {
 	own, ok := rec[p.cfg.Self]
 	if !ok {
@@ -237,7 +239,7 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 	}
 	slices.Sort(noSource)
 	if len(noSource) > 0 {
-		p.log.Error("this node crashed and re-verified extents that every reachable member is recovering too: no better copy exists, serving this node's (acknowledged writes there may be lost)",
+		p.log.Error("this node crashed and re-verified extents that every member of the newest generation is recovering too: no better copy exists, serving this node's (acknowledged writes there may be lost)",
 			"extent_count", len(noSource), "extents", fmt.Sprint(noSource[:min(len(noSource), 32)]), "members", fmt.Sprint(members))
 	}
 	if err := p.Store().ResolveRecovered(own.extents, own.whole); err != nil {
@@ -251,16 +253,23 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 // fetchWorkers bounds the extents a recovering candidate fetches at once.
 const fetchWorkers = 4
 
-var errNoSource = errors.New("no member that is not recovering this extent was reached")
+// errNoSource: every data member of the newest generation was reached
+// and is recovering the extent too (no better copy exists anywhere).
+var errNoSource = errors.New("every member of the newest generation is recovering this extent")
 
 // fetchFromSources brings extent x up to date from the first member
 // (reachable, not recovering x) that can supply it.
 func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]recoveredInfo) (int64, error) {
 	var sources []*link
+	var unreached []NodeID // data members that may hold x's acknowledged writes
 	p.mu.Lock()
 	for _, id := range members {
 		pe := p.peers[id]
-		if id == p.cfg.Self || pe == nil || pe.noData || pe.link == nil || !pe.link.alive() {
+		if id == p.cfg.Self || (pe != nil && pe.noData) {
+			continue
+		}
+		if pe == nil || pe.link == nil || !pe.link.alive() {
+			unreached = append(unreached, id)
 			continue
 		}
 		if r, ok := rec[id]; ok && r.covers(x) {
@@ -270,6 +279,14 @@ func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]rec
 	}
 	p.mu.Unlock()
 	if len(sources) == 0 {
+		if len(unreached) > 0 {
+			// A member of the newest generation that did not promise
+			// may hold acknowledged writes this copy lost: serving it
+			// would undo them (found in review: 2 replicas and a
+			// witness, the other replica away). The promotion fails
+			// and is retried until that member is back.
+			return 0, fmt.Errorf("this node crashed and may lack acknowledged writes in extent %d; members %v of the newest generation may hold them and were not reached", x, unreached)
+		}
 		return 0, errNoSource
 	}
 	var lastErr error

@@ -303,11 +303,16 @@ func TestAllRecoveringPromotionProceeds(t *testing.T) {
 	if err := p.WriteAt(fresh, 0, false); err != nil {
 		t.Fatal(err)
 	}
-	al2, al3 := c.activityLog(2), c.activityLog(3)
+	al1, al2, al3 := c.activityLog(1), c.activityLog(2), c.activityLog(3)
 	p.Close()
-	c.kill(1)
+	// Every copy loses the write (a power loss of the whole cluster)
+	// and every node is back: no copy is better. (With one of them
+	// away, the promotion must wait for it instead:
+	// TestRecoveringCandidateWaitsForAbsentSource.)
+	addr1 := c.crashLosingWrite(1, al1, 0, old)
 	addr2 := c.crashLosingWrite(2, al2, 0, old)
 	addr3 := c.crashLosingWrite(3, al3, 0, old)
+	c.start(1, addr1)
 	c.start(2, addr2)
 	c.start(3, addr3)
 	p3, err := c.promote(3)
@@ -315,12 +320,12 @@ func TestAllRecoveringPromotionProceeds(t *testing.T) {
 		t.Fatalf("no copy better than the candidate's, yet the promotion failed: %v", err)
 	}
 	defer p3.Close()
-	waitMembers(t, p3, 2)
+	waitMembers(t, p3, 1, 2)
 	p3.Flush()
-	if !bytes.Equal(c.dataOf(2), c.dataOf(3)) {
-		t.Fatal("replicas 2 and 3 differ")
+	if !bytes.Equal(c.dataOf(2), c.dataOf(3)) || !bytes.Equal(c.dataOf(1), c.dataOf(3)) {
+		t.Fatal("replicas differ")
 	}
-	for _, id := range []NodeID{2, 3} {
+	for _, id := range []NodeID{1, 2, 3} {
 		if c.replicaOf(id).Store().Recovering() {
 			t.Fatalf("node %d still records recovered extents", id)
 		}
