@@ -131,8 +131,11 @@ func (c *ClusterConfig) validateVolumes() error {
 		if v.ScrubIntervalHours < 0 || v.ScrubIntervalHours > maxScrubIntervalHours {
 			return fmt.Errorf("volume %q: scrub interval %d hours: 0 (weekly) to %d", v.Name, v.ScrubIntervalHours, maxScrubIntervalHours)
 		}
-		if rb := v.RegionBytes; rb != 0 && (rb < blockrep.BlockBytes || rb%blockrep.BlockBytes != 0 || rb > 64<<20) {
-			return fmt.Errorf("volume %q: resync granularity %d must be a multiple of %d up to 64 MiB", v.Name, rb, blockrep.BlockBytes)
+		// At most one replication message's payload: a region is read
+		// and sent whole (a 64 MiB region made every resync of it, and a
+		// recovering candidate's fetch, fail for good; found in review).
+		if rb := v.RegionBytes; rb != 0 && (rb < blockrep.BlockBytes || rb%blockrep.BlockBytes != 0 || rb > blockrep.MaxPayloadBytes) {
+			return fmt.Errorf("volume %q: resync granularity %d must be a multiple of %d up to %d MiB", v.Name, rb, blockrep.BlockBytes, blockrep.MaxPayloadBytes>>20)
 		}
 	}
 	return nil
