@@ -10,7 +10,9 @@
 //     names the ones that fail (silent corruption), VerifyBlocks is scrub.
 //   - activitylog.go: DRBD's activity log. No metadata is synced per write;
 //     only when a write reaches a cold 4 MiB extent is the log synced, and
-//     after a crash only the logged extents are re-verified.
+//     after a crash only the logged extents are re-verified. A clean stop
+//     keeps the hot extents named (promises list them: a crashed
+//     primary's write in flight may differ there between copies).
 //   - recovered.go: the extents a crash may have left older than the
 //     other copies (writes acknowledged but not flushed), recorded on
 //     disk until a primary resent them; recovering.go: how a primary
@@ -20,5 +22,7 @@
 //     makes resync resend only what a peer missed.
 //   - epoch.go: the rule that makes one primary per epoch and keeps every
 //     acknowledged write (written down there), with a model test.
-//   - wire.go: the peer protocol's messages as checksummed, bounded frames.
+//   - wire.go: the peer protocol's messages as checksummed, bounded frames;
+//     crccombine.go folds block checksums into a frame's, so a resent or
+//     replicated block is checksummed once per side.
 package blockrep
