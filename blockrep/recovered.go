@@ -81,7 +81,11 @@ func loadRecovered(dir string) (*recoveredSet, error) {
 
 func normExtents(es []int64) []int64 {
 	out := slices.Clone(es)
-	out = slices.DeleteFunc(out, func(e int64) bool { return e < 0 })
+	// An extent past the largest volume cannot exist (a forged promise or
+	// a damaged record): dropped, so that no offset computed from it
+	// overflows (found in review). Those past this volume's end are
+	// skipped where they are used.
+	out = slices.DeleteFunc(out, func(e int64) bool { return e < 0 || e >= maxVolumeBytes/ExtentBytes })
 	slices.Sort(out)
 	return slices.Compact(out)
 }

@@ -200,3 +200,14 @@ func TestRecoveredRecordModel(t *testing.T) {
 		s.Close()
 	})
 }
+
+// TestNormExtentsDropsImpossible: negative extents and extents past the
+// largest volume (a forged promise, a damaged record) are dropped, so no
+// offset computed from them overflows.
+func TestNormExtentsDropsImpossible(t *testing.T) {
+	got := normExtents([]int64{5, -1, 3, 5, maxVolumeBytes / ExtentBytes, 1 << 62, maxVolumeBytes/ExtentBytes - 1})
+	want := []int64{3, 5, maxVolumeBytes/ExtentBytes - 1}
+	if !slices.Equal(got, want) {
+		t.Fatalf("normExtents: %v, want %v", got, want)
+	}
+}

@@ -98,8 +98,13 @@ func (p *Primary) compareExtentList(pe *peer, l *link, es []int64) error {
 		i = j
 	}
 	p.mu.Lock()
-	// Only those compared leave the list: a rejoin may have added more.
-	pe.compare = slices.DeleteFunc(pe.compare, func(x int64) bool { _, found := slices.BinarySearch(es, x); return found })
+	// Only those compared leave the list (a rejoin may have added more),
+	// and only for the link compared over: after a rejoin on a new link
+	// (the replica restarted and may have recorded the same extents
+	// again) they are compared again.
+	if pe.link == l {
+		pe.compare = slices.DeleteFunc(pe.compare, func(x int64) bool { _, found := slices.BinarySearch(es, x); return found })
+	}
 	p.mu.Unlock()
 	return nil
 }

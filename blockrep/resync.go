@@ -196,8 +196,12 @@ func (p *Primary) resync(pe *peer) error {
 			return err
 		}
 		p.mu.Lock()
-		pe.digest = false
-		pe.compare = nil // the whole volume was compared
+		// Only for the link compared over: a rejoin on a new link
+		// (the replica restarted) may have asked for more meanwhile.
+		if pe.link == l {
+			pe.digest = false
+			pe.compare = nil // the whole volume was compared
+		}
 		p.mu.Unlock()
 	}
 	// The extents named for a comparison (hot, recovered) that hold no
