@@ -99,6 +99,12 @@ type PrimaryConfig struct {
 	// node sets it for a planned move (every replica's node is up); 0
 	// for a failover, where the old primary cannot answer.
 	AwaitRelease time.Duration
+	// LeaseOK, when set, is asked before every acknowledgement (a write,
+	// zero, flush or read returning success): an error means this node
+	// may no longer acknowledge (its self-fence lease ran out, node/ha.go)
+	// and the primary steps down at once, without waiting for the node to
+	// notice and close it. It must be cheap (an atomic read and a clock).
+	LeaseOK func() error
 }
 
 // Peer states as the primary sees them.
@@ -802,7 +808,7 @@ func (p *Primary) Cache(off, length int64) error { return nil }
 // WriteAt implements nbd.Backend: the write reaches every member and a
 // quorum of the replicas under this primary's epoch before it returns.
 func (p *Primary) WriteAt(b []byte, off int64, fua bool) error {
-	return p.replicate(off, int64(len(b)), fua, func(e Epoch, g Gen, sync bool) (*Refusal, error) {
+	return p.acked(p.replicate(off, int64(len(b)), fua, func(e Epoch, g Gen, sync bool) (*Refusal, error) {
 		return p.cfg.Local.Write(e, g, sync, b, off, fua)
 	}, func(sync bool) *Message {
 		t := MsgWrite
@@ -810,7 +816,22 @@ func (p *Primary) WriteAt(b []byte, off int64, fua bool) error {
 			t = MsgSyncWrite
 		}
 		return &Message{Type: t, Offset: uint64(off), Length: uint32(len(b)), Payload: b}
-	})
+	}))
+}
+
+// acked passes err on, or, for a success, asks the node whether it may
+// still acknowledge (PrimaryConfig.LeaseOK); if not, this primary steps
+// down and the request fails (its effect may stand: an unknown outcome,
+// as for any I/O error).
+func (p *Primary) acked(err error) error {
+	if err != nil || p.cfg.LeaseOK == nil {
+		return err
+	}
+	if lerr := p.cfg.LeaseOK(); lerr != nil {
+		p.abandon(lerr)
+		return ioErr(p.Deposed())
+	}
+	return nil
 }
 
 // Zero implements nbd.Backend; every replica punches or writes zeroes.
@@ -833,7 +854,7 @@ func (p *Primary) Zero(off, length int64, noHole, fast, fua bool) error {
 			return err
 		}
 	}
-	return nil
+	return p.acked(nil)
 }
 
 // Trim implements nbd.Backend as a zero: replicas must stay identical, so
@@ -1054,7 +1075,9 @@ func (p *Primary) dropMembers(ids []NodeID) error {
 
 // Flush implements nbd.Backend: every member and a quorum of replicas
 // make what they acknowledged durable before the client hears back.
-func (p *Primary) Flush() error {
+func (p *Primary) Flush() error { return p.acked(p.flush()) }
+
+func (p *Primary) flush() error {
 	for {
 		if err := p.Deposed(); err != nil {
 			return ioErr(err)
@@ -1131,7 +1154,7 @@ func (p *Primary) ReadAt(b []byte, off int64) error {
 	err := p.Store().ReadAt(b, off)
 	var ce *ChecksumError
 	if !errors.As(err, &ce) {
-		return err
+		return p.acked(err)
 	}
 	for _, blk := range ce.Blocks {
 		good, rerr := p.repairBlock(blk)
@@ -1143,7 +1166,7 @@ func (p *Primary) ReadAt(b []byte, off int64) error {
 		s, e := max(bs, off), min(be, off+int64(len(b)))
 		copy(b[s-off:e-off], good[s-bs:e-bs])
 	}
-	return nil
+	return p.acked(nil)
 }
 
 // confirm makes sure this primary still holds its epoch before serving a

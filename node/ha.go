@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/paddock-io/paddock/blockrep"
@@ -66,6 +67,9 @@ type haAgent struct {
 	proposing  map[string]bool
 	leaseState fence.LeaseState
 	expiry     *time.Timer // fires at leaseState's end (observeLease)
+	// leaseEndMs is leaseState.ExpiresAtMs for leaseOK, which every
+	// acknowledgement of a primary asks (no lock on that path).
+	leaseEndMs atomic.Int64
 	// netFencing and netDone: the network fence of a lost node runs once
 	// per loss (node/netfence.go); forgotten when it is a member again
 	// or unfenced.
@@ -267,6 +271,7 @@ func (a *haAgent) observeLease(quorate bool, members []uint32) fence.LeaseState 
 	need := min(qv.Quorum, selfVotes+presentVotes)
 	anchor, ok := fence.QuorumAnchorMs(now, selfVotes, need, sources)
 	st := a.lease.Observe(now, quorate, anchor, ok)
+	a.leaseEndMs.Store(st.ExpiresAtMs)
 	a.mu.Lock()
 	a.leaseState = st
 	if st.MayAck {
@@ -277,6 +282,17 @@ func (a *haAgent) observeLease(quorate bool, members []uint32) fence.LeaseState 
 	}
 	a.mu.Unlock()
 	return st
+}
+
+// leaseOK is blockrep.PrimaryConfig.LeaseOK: a primary asks it before
+// every acknowledgement, so none goes out after the lease's end, whatever
+// the timer and the tick (lease.go's FenceDelayMs) are doing.
+func (a *haAgent) leaseOK() error {
+	end := a.leaseEndMs.Load()
+	if now := a.m.d.hb.NowMs(); end == 0 || now >= end {
+		return fmt.Errorf("self-fenced: this node's lease ended %d ms ago (no fresh echo from a quorum)", now-end)
+	}
+	return nil
 }
 
 // leaseExpired runs at the end of the lease as last observed: if no

@@ -319,6 +319,7 @@ func (m *volumeManager) promote(ctx context.Context, v VolumeConfig) {
 		awaitRelease = awaitReleaseMs * time.Millisecond
 	}
 	p, err := blockrep.Promote(ctx, blockrep.PrimaryConfig{
+		LeaseOK:      m.ha.leaseOK,
 		AwaitRelease: awaitRelease,
 		WitnessDial:  witnessDial,
 		Self:         blockrep.NodeID(m.d.loaded.Identity.ID), VolumeID: v.ID, Replicas: replicaIDs(v), Local: r,
