@@ -74,11 +74,12 @@ import (
 //     lease, and the storage epoch stops its writes (node/ha.go). A
 //     protocol in which members withhold echoes from a node the acting
 //     node suspects would close this; it is not built.
-//  3. The victim fences its primaries within FenceDelayMs of the lease's
-//     end (the daemon arms a timer for ExpiresAtMs and also checks on
-//     every tick), on the clock its heartbeats were stamped with. A write
-//     whose ack was decided before the lease ended but sent after a pause
-//     is stopped by the storage epoch, not by the lease.
+//  3. The victim acknowledges nothing after the lease's end, on the clock
+//     its heartbeats were stamped with: every acknowledgement asks it
+//     (blockrep PrimaryConfig.LeaseOK), and a timer and the tick close the
+//     primaries too. FenceDelayMs covers an acknowledgement checked just
+//     before the end and sent just after. One whose check passed before a
+//     long pause is stopped by the storage epoch, not by the lease.
 //  4. two_node: each node alone is quorate, so its lease never runs out
 //     while it runs; the survivors' wait then rests on nothing but the
 //     epoch and the read lease. Give two_node clusters a fence device.
