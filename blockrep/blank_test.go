@@ -2,14 +2,11 @@ package blockrep
 
 import (
 	"bytes"
-	"context"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // wipe replaces a stopped node's replica by a blank one, as the node does
@@ -129,15 +126,7 @@ func TestWipedWitnessDoesNotElectStaleReplica(t *testing.T) {
 	c := newTestCluster(t, 2, 4<<20)
 	wdir := filepath.Join(c.baseDir, "witness")
 	wdial, wkill := startWitness(t, wdir)
-	promote := func(id NodeID, dial func(context.Context) (net.Conn, error)) (*Primary, error) {
-		c.mu.Lock()
-		n := c.nodes[id]
-		c.mu.Unlock()
-		return Promote(context.Background(), PrimaryConfig{
-			Self: id, VolumeID: testVolume, Replicas: c.ids, Local: n.rep, Dial: c.dialer(id), WitnessDial: dial,
-			PeerTimeout: 3 * time.Second, ReadLease: 100 * time.Millisecond, OnNoQuorum: IOError, Logger: quietLog(),
-		})
-	}
+	promote := c.promoteWithWitness
 	p, err := promote(1, wdial)
 	if err != nil {
 		t.Fatal(err)

@@ -313,37 +313,12 @@ func (p *Primary) fetchExtent(l *link, x int64) (int64, error) {
 	rb := p.cfg.RegionBytes
 	off, n := p.extentSpan(x, x)
 	// One request: an extent is far fewer than MaxDigestRegions regions.
-	req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
-		Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}
-	type local struct {
-		ds  []uint64
-		err error
-	}
-	here := make(chan local, 1)
-	go func() { // while the peer computes its own
-		ds, err := p.cfg.Local.Digests(off, n, rb)
-		here <- local{ds, err}
-	}()
-	a, err := l.call(req, p.cfg.PeerTimeout*2)
-	lc := <-here
+	differ, err := p.differingRegions(l, off, n, p.cfg.PeerTimeout*2)
 	if err != nil {
-		return 0, err
-	}
-	if a.Type != MsgDigestOK {
-		return 0, fmt.Errorf("digests of extent %d from node %d: %v %s", x, a.From, a.Type, a.Payload)
-	}
-	mine, err := lc.ds, lc.err
-	if err != nil {
-		return 0, err
-	}
-	if len(a.Payload) != 8*len(mine) {
-		return 0, fmt.Errorf("node %d sent %d digests for %d regions", a.From, len(a.Payload)/8, len(mine))
+		return 0, fmt.Errorf("extent %d: %w", x, err)
 	}
 	var fetched int64
-	for i, d := range mine {
-		if binary.BigEndian.Uint64(a.Payload[8*i:]) == d {
-			continue
-		}
+	for _, i := range differ {
 		roff := off + int64(i)*rb
 		rn := min(rb, off+n-roff)
 		r, err := l.call(&Message{Type: MsgRead, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,

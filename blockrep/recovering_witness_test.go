@@ -19,15 +19,7 @@ func TestRecoveringCandidateWaitsForAbsentSource(t *testing.T) {
 	c := newTestCluster(t, 2, 8<<20)
 	wdir := filepath.Join(c.baseDir, "witness")
 	wdial, _ := startWitness(t, wdir)
-	promote := func(id NodeID, dial func(context.Context) (net.Conn, error)) (*Primary, error) {
-		c.mu.Lock()
-		n := c.nodes[id]
-		c.mu.Unlock()
-		return Promote(context.Background(), PrimaryConfig{
-			Self: id, VolumeID: testVolume, Replicas: c.ids, Local: n.rep, Dial: c.dialer(id), WitnessDial: dial,
-			PeerTimeout: 3 * time.Second, ReadLease: 100 * time.Millisecond, OnNoQuorum: IOError, Logger: quietLog(),
-		})
-	}
+	promote := c.promoteWithWitness
 	p, err := promote(1, wdial)
 	if err != nil {
 		t.Fatal(err)
@@ -51,4 +43,16 @@ func TestRecoveringCandidateWaitsForAbsentSource(t *testing.T) {
 	if !bytes.Equal(got, fresh) {
 		t.Errorf("node 2 + witness promoted and serve %x..., the acknowledged write %x... (still on node 1) is lost", got[:2], fresh[:2])
 	}
+}
+
+// promoteWithWitness promotes node id of a 2-replica cluster with a
+// witness reached through dial (nil: none).
+func (c *testCluster) promoteWithWitness(id NodeID, dial func(context.Context) (net.Conn, error)) (*Primary, error) {
+	c.mu.Lock()
+	n := c.nodes[id]
+	c.mu.Unlock()
+	return Promote(context.Background(), PrimaryConfig{
+		Self: id, VolumeID: testVolume, Replicas: c.ids, Local: n.rep, Dial: c.dialer(id), WitnessDial: dial,
+		PeerTimeout: 3 * time.Second, ReadLease: 100 * time.Millisecond, OnNoQuorum: IOError, Logger: quietLog(),
+	})
 }

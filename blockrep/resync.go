@@ -343,6 +343,23 @@ func (p *Primary) compareSpan(pe *peer, l *link, off, n int64) error {
 // while the peer takes its own.
 func (p *Primary) compareRange(pe *peer, l *link, off, n int64) error {
 	rb := p.cfg.RegionBytes
+	differ, err := p.differingRegions(l, off, n, p.cfg.PeerTimeout*4)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	for _, i := range differ {
+		pe.missed.Mark(off+int64(i)*rb, rb)
+	}
+	p.mu.Unlock()
+	return p.ctx.Err()
+}
+
+// differingRegions asks the peer behind l for the digests of the regions
+// of off+n while this node computes its own, and returns the indexes of
+// the regions that differ.
+func (p *Primary) differingRegions(l *link, off, n int64, timeout time.Duration) ([]int, error) {
+	rb := p.cfg.RegionBytes
 	req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
 		Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}
 	type local struct {
@@ -350,33 +367,31 @@ func (p *Primary) compareRange(pe *peer, l *link, off, n int64) error {
 		err error
 	}
 	here := make(chan local, 1)
-	go func() {
+	go func() { // while the peer computes its own
 		ds, err := p.cfg.Local.Digests(off, n, rb)
 		here <- local{ds, err}
 	}()
-	a, err := l.call(req, p.cfg.PeerTimeout*4)
+	a, err := l.call(req, timeout)
 	lc := <-here
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if a.Type != MsgDigestOK {
-		return fmt.Errorf("digest from node %d: %v %s", pe.id, a.Type, a.Payload)
+		return nil, fmt.Errorf("digests of %d+%d from node %d: %v %s", off, n, a.From, a.Type, truncText(string(a.Payload)))
 	}
-	mine, err := lc.ds, lc.err
-	if err != nil {
-		return err
+	if lc.err != nil {
+		return nil, lc.err
 	}
-	if len(a.Payload) != 8*len(mine) {
-		return fmt.Errorf("node %d sent %d digests for %d regions", pe.id, len(a.Payload)/8, len(mine))
+	if len(a.Payload) != 8*len(lc.ds) {
+		return nil, fmt.Errorf("node %d sent %d digests for %d regions", a.From, len(a.Payload)/8, len(lc.ds))
 	}
-	p.mu.Lock()
-	for i, d := range mine {
+	var differ []int
+	for i, d := range lc.ds {
 		if binary.BigEndian.Uint64(a.Payload[8*i:]) != d {
-			pe.missed.Mark(off+int64(i)*rb, rb)
+			differ = append(differ, i)
 		}
 	}
-	p.mu.Unlock()
-	return p.ctx.Err()
+	return differ, nil
 }
 
 // sendMissed sends the marked regions until none is left.
