@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/paddock-io/paddock/internal/boottime"
 	"github.com/paddock-io/paddock/nbd"
 )
 
@@ -160,13 +161,16 @@ type Primary struct {
 	// replica fail must not both try to store the same next generation.
 	genMu sync.Mutex
 
-	mu       sync.Mutex
-	gen      Gen
-	members  []NodeID
-	peers    map[NodeID]*peer
-	deposed  error
-	closed   bool
-	lastAck  time.Time // last time a quorum confirmed this epoch
+	mu      sync.Mutex
+	gen     Gen
+	members []NodeID
+	peers   map[NodeID]*peer
+	deposed error
+	closed  bool
+	// lastAck is when a quorum last confirmed this epoch, on
+	// CLOCK_BOOTTIME (internal/boottime): the read lease runs from it, and
+	// a host that was suspended must not wake up with it still fresh.
+	lastAck  time.Duration
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -439,7 +443,7 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		p.Close()
 		return nil, fmt.Errorf("volume %d: first generation of epoch %d: %w", cfg.VolumeID, e, err)
 	}
-	p.lastAck = time.Now()
+	p.lastAck = boottime.Now()
 	// Wait out the previous primary's read lease (with a margin for
 	// clock rate differences) so it cannot serve reads of data this
 	// primary is about to change; unless it released its epoch (rule 5).
@@ -1014,7 +1018,7 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 		p.mu.Lock()
 		acked := p.enough(members, accepted) && p.gen.Epoch == e
 		if acked {
-			p.lastAck = time.Now()
+			p.lastAck = boottime.Now()
 		}
 		p.mu.Unlock()
 		if acked {
@@ -1131,7 +1135,7 @@ func (p *Primary) flush() error {
 		}
 		if p.enough(members, flushed) {
 			p.mu.Lock()
-			p.lastAck = time.Now()
+			p.lastAck = boottime.Now()
 			p.mu.Unlock()
 			return nil
 		}
@@ -1175,7 +1179,7 @@ func (p *Primary) ReadAt(b []byte, off int64) error {
 // (StepDown releases its epoch right after closing).
 func (p *Primary) confirm() error {
 	p.mu.Lock()
-	dep, closed, fresh := p.deposed, p.closed, time.Since(p.lastAck) < p.cfg.ReadLease
+	dep, closed, fresh := p.deposed, p.closed, boottime.Now()-p.lastAck < p.cfg.ReadLease
 	p.mu.Unlock()
 	if dep != nil {
 		return ioErr(dep)

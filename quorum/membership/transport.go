@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/paddock-io/paddock/internal/boottime"
 )
 
 // Peer is a configured node and where its heartbeats go.
@@ -78,14 +80,14 @@ func Listen(cfg Config) (*Transport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat socket on %s: %w", cfg.Listen, err)
 	}
-	return &Transport{cfg: cfg, conn: conn, startMs: bootMs(), tracker: tr, peers: cfg.Peers, changed: make(chan struct{}, 1)}, nil
+	return &Transport{cfg: cfg, conn: conn, startMs: boottime.Ms(), tracker: tr, peers: cfg.Peers, changed: make(chan struct{}, 1)}, nil
 }
 
 // NowMs is the transport's clock, the virtual time the pure parts (the
 // tracker, the quorum machine, the self-fence lease) are driven with: ms
 // since Listen on CLOCK_BOOTTIME, which keeps counting while the system is
-// suspended (clock_linux.go).
-func (t *Transport) NowMs() int64 { return bootMs() - t.startMs }
+// suspended (internal/boottime).
+func (t *Transport) NowMs() int64 { return boottime.Ms() - t.startMs }
 
 // Addr is the bound address.
 func (t *Transport) Addr() *net.UDPAddr { return t.conn.LocalAddr().(*net.UDPAddr) }
