@@ -125,11 +125,12 @@ func nowMs() int64 { return time.Now().UnixMilli() }
 func (a *haAgent) tick(ctx context.Context) {
 	d := a.m.d
 	d.mu.Lock()
-	quorate := d.status.Quorum.Quorate
-	members := slices.Clone(d.status.Quorum.Members)
+	qv := d.status.Quorum
+	qv.Members = slices.Clone(qv.Members)
 	d.mu.Unlock()
+	quorate, members := qv.Quorate, qv.Members
 	now := nowMs()
-	st := a.observeLease(quorate, members)
+	st := a.observeLease(qv)
 	if !st.MayAck {
 		a.m.selfFence(fmt.Sprintf("self-fenced: lease %s (inquorate)", st.Phase))
 	}
@@ -233,16 +234,10 @@ func (a *haAgent) tick(ctx context.Context) {
 // members echo (fence/lease.go), and of the witness reports behind a
 // vote it holds. It also arms the timer that fences the primaries at the
 // lease's end, should the next tick come late.
-func (a *haAgent) observeLease(quorate bool, members []uint32) fence.LeaseState {
+func (a *haAgent) observeLease(qv QuorumView) fence.LeaseState {
 	d := a.m.d
-	d.mu.Lock()
-	qv := d.status.Quorum
-	d.mu.Unlock()
-	ids := make([]membership.NodeID, len(members))
-	for i, id := range members {
-		ids[i] = membership.NodeID(id)
-	}
-	echoes := d.hb.EchoAnchorsMs(ids)
+	quorate, members := qv.Quorate, qv.Members
+	echoes := d.hb.EchoAnchorsMs(membershipIDs(members))
 	now := d.hb.NowMs()
 	cfg := d.config()
 	self := d.loaded.Identity.ID
@@ -284,6 +279,15 @@ func (a *haAgent) observeLease(quorate bool, members []uint32) fence.LeaseState 
 	return st
 }
 
+// membershipIDs converts node ids for the membership package.
+func membershipIDs(ids []uint32) []membership.NodeID {
+	out := make([]membership.NodeID, len(ids))
+	for i, id := range ids {
+		out[i] = membership.NodeID(id)
+	}
+	return out
+}
+
 // leaseOK is blockrep.PrimaryConfig.LeaseOK: a primary asks it before
 // every acknowledgement, so none goes out after the lease's end, whatever
 // the timer and the tick (lease.go's FenceDelayMs) are doing.
@@ -315,11 +319,7 @@ func (a *haAgent) leaseExpired() {
 // the lost node with the witness could be quorate without any member).
 func (a *haAgent) lastHeardBoundMs(victim uint32, members []uint32, nowMs int64) int64 {
 	d := a.m.d
-	ids := make([]membership.NodeID, len(members))
-	for i, id := range members {
-		ids[i] = membership.NodeID(id)
-	}
-	bound := d.hb.LastHeardBoundMs(membership.NodeID(victim), ids)
+	bound := d.hb.LastHeardBoundMs(membership.NodeID(victim), membershipIDs(members))
 	if _, grantedAt, ok := d.wit.evidence(nowMs); ok {
 		bound = max(bound, grantedAt)
 	}
