@@ -373,14 +373,7 @@ func (e *Encoder) writeSparse(index uint64, snap []byte) error {
 	e.stats.PayloadBytes += uint64(payloadBytes)
 	e.stats.Pages += uint64(count)
 	e.stats.ZeroPages += uint64(count - dataPages)
-	switch enc {
-	case EncRaw:
-		e.stats.RawPages += uint64(dataPages)
-	case EncS2:
-		e.stats.S2Pages += uint64(dataPages)
-	case EncZstd:
-		e.stats.ZstdPages += uint64(dataPages)
-	}
+	e.stats.add(enc, uint64(dataPages))
 	if e.cache != nil {
 		for p := range count {
 			if e.zeroes[p] {
@@ -425,14 +418,7 @@ func (e *Encoder) writeDataRun(index uint64, raw []byte) error {
 	}
 	e.stats.Pages += uint64(count)
 	e.stats.PayloadBytes += uint64(len(payload))
-	switch enc {
-	case EncRaw:
-		e.stats.RawPages += uint64(count)
-	case EncS2:
-		e.stats.S2Pages += uint64(count)
-	case EncZstd:
-		e.stats.ZstdPages += uint64(count)
-	}
+	e.stats.add(enc, uint64(count))
 	if e.cache != nil {
 		for i := range count {
 			e.cache.update(index+uint64(i), raw[i*PageBytes:(i+1)*PageBytes])
