@@ -76,7 +76,7 @@ import (
 //     node suspects would close this; it is not built.
 //  3. The victim acknowledges nothing after the lease's end, on the clock
 //     its heartbeats were stamped with: every acknowledgement asks it
-//     (blockrep PrimaryConfig.LeaseOK), and a timer and the tick close the
+//     (blockrep PrimaryConfig.LeaseOK), and the next tick closes the
 //     primaries too. FenceDelayMs covers an acknowledgement checked just
 //     before the end and sent just after. One whose check passed before a
 //     long pause is stopped by the storage epoch, not by the lease.

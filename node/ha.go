@@ -66,7 +66,6 @@ type haAgent struct {
 	lastFence  map[uint32]int64
 	proposing  map[string]bool
 	leaseState fence.LeaseState
-	expiry     *time.Timer // fires at leaseState's end (observeLease)
 	// leaseEndMs is leaseState.ExpiresAtMs for leaseOK, which every
 	// acknowledgement of a primary asks (no lock on that path).
 	leaseEndMs atomic.Int64
@@ -232,8 +231,8 @@ func (a *haAgent) tick(ctx context.Context) {
 // transport's (monotonic, from the daemon's start), the one the anchors
 // are measured on: the send times of this node's own heartbeats that the
 // members echo (fence/lease.go), and of the witness reports behind a
-// vote it holds. It also arms the timer that fences the primaries at the
-// lease's end, should the next tick come late.
+// vote it holds. Its end is also published for leaseOK, which every
+// acknowledgement asks.
 func (a *haAgent) observeLease(qv QuorumView) fence.LeaseState {
 	d := a.m.d
 	quorate, members := qv.Quorate, qv.Members
@@ -269,12 +268,6 @@ func (a *haAgent) observeLease(qv QuorumView) fence.LeaseState {
 	a.leaseEndMs.Store(st.ExpiresAtMs)
 	a.mu.Lock()
 	a.leaseState = st
-	if st.MayAck {
-		if a.expiry == nil {
-			a.expiry = time.AfterFunc(time.Hour, a.leaseExpired)
-		}
-		a.expiry.Reset(time.Duration(st.ExpiresAtMs-now) * time.Millisecond)
-	}
 	a.mu.Unlock()
 	return st
 }
@@ -289,26 +282,14 @@ func membershipIDs(ids []uint32) []membership.NodeID {
 }
 
 // leaseOK is blockrep.PrimaryConfig.LeaseOK: a primary asks it before
-// every acknowledgement, so none goes out after the lease's end, whatever
-// the timer and the tick (lease.go's FenceDelayMs) are doing.
+// every acknowledgement, so none goes out after the lease's end, whenever
+// the next tick comes to close the primaries.
 func (a *haAgent) leaseOK() error {
 	end := a.leaseEndMs.Load()
 	if now := a.m.d.hb.NowMs(); end == 0 || now >= end {
 		return fmt.Errorf("self-fenced: this node's lease ended %d ms ago (no fresh echo from a quorum)", now-end)
 	}
 	return nil
-}
-
-// leaseExpired runs at the end of the lease as last observed: if no
-// observation has renewed it since, the primaries are fenced now, not at
-// the next tick (the survivors' wait allows FenceDelayMs for this).
-func (a *haAgent) leaseExpired() {
-	a.mu.Lock()
-	st := a.leaseState
-	a.mu.Unlock()
-	if !st.MayAckAt(a.m.d.hb.NowMs()) {
-		a.m.selfFence("self-fenced: lease expired (no fresh echo from a quorum)")
-	}
 }
 
 // lastHeardBoundMs bounds, on the heartbeat clock, when a lost node was
