@@ -107,11 +107,12 @@ func (d *Decoder) writeFile(enc Encoding, index uint64, count int, payload []byt
 
 // ChunkSum returns the crc32c of digest chunk c as this decoder wrote it,
 // if run frames in page order wrote all of the chunk since
-// ResetChunkSums and nothing else wrote to it since (only when pages go
-// to a RAM file, SetRAMFile). The destination then takes it for its
-// digest instead of reading the chunk back: its RAM is written by this
-// decoder alone until the commit (the guest runs there only after it),
-// so the bytes handed to pwrite are the bytes RAM holds. Pages a skipped
+// ResetChunkSums and nothing else wrote to it since. The destination then
+// takes it for its digest instead of reading the chunk back: its RAM is
+// written by this decoder alone until the commit (the guest runs there
+// only after it), so the bytes handed to pwrite, or copied through the
+// mapping (RAM without a file to write, such as huge pages), are the
+// bytes RAM holds. Pages a skipped
 // zero frame covers are counted as zero, which fresh RAM is.
 func (d *Decoder) ChunkSum(c int) (uint32, bool) {
 	crc, ok := d.sums[c]
@@ -142,7 +143,7 @@ func (d *Decoder) forgetChunks(from, to uint64) {
 // extends it, anything else makes the chunk unknown. Called only after
 // the pages were written.
 func (d *Decoder) noteRun(index uint64, count int, update func(crc uint32) uint32) {
-	if d.ramFd < 0 || d.touched == nil || d.touched.Len() != int(d.ramPages) {
+	if d.touched == nil || d.touched.Len() != int(d.ramPages) {
 		// Without the touched bitmap the caller cannot know which
 		// chunks to take, nor this decoder which pages were written.
 		return
@@ -331,8 +332,18 @@ func (d *Decoder) ApplyPages(f *Frame, ram []byte) (PageStats, error) {
 			}
 			return crc32.Update(crc, castagnoli, wrote)
 		})
-	} else if err := d.decodeInto(f.Encoding, dst, f.Payload); err != nil {
-		return st, err
+	} else {
+		if err := d.decodeInto(f.Encoding, dst, f.Payload); err != nil {
+			d.forgetChunks(f.Index, f.Index+uint64(count)-1)
+			return st, err
+		}
+		d.noteRun(f.Index, count, func(crc uint32) uint32 {
+			if crc == 0 && f.Encoding == EncRaw && f.hasCRC {
+				return f.payloadCRC // as above
+			}
+			// What RAM holds now, read while it is in the cache.
+			return crc32.Update(crc, castagnoli, dst)
+		})
 	}
 	st.Pages = uint64(f.Count)
 	st.add(f.Encoding, uint64(f.Count))
@@ -457,8 +468,8 @@ func (d *Decoder) applyBatch(f *Frame, ram []byte, st PageStats) (PageStats, err
 			return st, corrupt("batch record %d: encoding %s", k, enc)
 		}
 		dst := ram[page*PageBytes : (page+1)*PageBytes]
+		d.forgetChunks(page, page)
 		if d.ramFd >= 0 {
-			d.forgetChunks(page, page)
 			if _, err := d.writeFile(enc, page, 1, data); err != nil {
 				return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
 			}
@@ -583,30 +594,6 @@ func (d *Decoder) applySparse(f *Frame, ram []byte, st PageStats) (PageStats, er
 			return st, err
 		}
 		d.iov = iov
-		overwrote := false
-		for i := 0; i < count && d.skipZero && !overwrote; i++ {
-			// A zero page skipped over a page written before: see
-			// the zero frame in ApplyPages.
-			overwrote = !isData(i) && d.anyTouched(f.Index+uint64(i), 1)
-		}
-		if overwrote {
-			d.forgetChunks(f.Index, f.Index+uint64(count)-1)
-		} else {
-			d.noteRun(f.Index, count, func(crc uint32) uint32 {
-				k := 0
-				for i := range count {
-					if isData(i) {
-						crc = crc32.Update(crc, castagnoli, data[k*PageBytes:(k+1)*PageBytes])
-						k++
-					} else {
-						// Written as zeros, or skipped on fresh RAM,
-						// which reads as zero.
-						crc = crcZeroPage(crc)
-					}
-				}
-				return crc
-			})
-		}
 	} else {
 		k := 0
 		for i := range count {
@@ -618,6 +605,30 @@ func (d *Decoder) applySparse(f *Frame, ram []byte, st PageStats) (PageStats, er
 				clear(dst)
 			}
 		}
+	}
+	overwrote := false
+	for i := 0; i < count && d.skipZero && !overwrote; i++ {
+		// A zero page skipped over a page written before: see
+		// the zero frame in ApplyPages.
+		overwrote = !isData(i) && d.anyTouched(f.Index+uint64(i), 1)
+	}
+	if overwrote {
+		d.forgetChunks(f.Index, f.Index+uint64(count)-1)
+	} else {
+		d.noteRun(f.Index, count, func(crc uint32) uint32 {
+			k := 0
+			for i := range count {
+				if isData(i) {
+					crc = crc32.Update(crc, castagnoli, data[k*PageBytes:(k+1)*PageBytes])
+					k++
+				} else {
+					// Written as zeros, or skipped on fresh RAM,
+					// which reads as zero.
+					crc = crcZeroPage(crc)
+				}
+			}
+			return crc
+		})
 	}
 	st.Pages = uint64(count)
 	st.ZeroPages += uint64(count - dataPages)

@@ -386,7 +386,7 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 	defer dec.Close()
 	fd := -1
 	if destRAMByFile {
-		fd = ramFile(d.ram)
+		fd = ramFileForWrite(d.ram)
 	}
 	var chunkBuf []byte
 	if fd >= 0 {

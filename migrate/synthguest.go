@@ -47,6 +47,8 @@ type SynthConfig struct {
 	Pattern string
 	Content string // "random" or "halfzero" (even pages stay zero)
 	Seed    uint64
+	// HugePages puts the RAM on 2 MiB huge pages (NewHugeMemory).
+	HugePages bool
 }
 
 // SynthPatterns are the writer's patterns; the index is the pattern's code
@@ -92,7 +94,11 @@ func NewSynthGuest(name string, cfg SynthConfig) (*SynthGuest, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	mem, err := NewMemory(name, cfg.RAMBytes)
+	newMem := NewMemory
+	if cfg.HugePages {
+		newMem = NewHugeMemory
+	}
+	mem, err := newMem(name, cfg.RAMBytes)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -77,6 +78,53 @@ func RequireRoot(t testing.TB) {
 		}
 		t.Skip("this test needs root (network namespaces, nftables)")
 	}
+}
+
+// RequireHugePages makes sure the kernel's hugetlb pool has n free 2 MiB
+// pages, growing it (as root) for the test and shrinking it back when the
+// test ends. Where it cannot, the test skips, or fails under CI.
+func RequireHugePages(t testing.TB, n int) {
+	t.Helper()
+	const knob = "/proc/sys/vm/nr_hugepages"
+	fail := t.Skipf
+	if os.Getenv("CI") != "" {
+		fail = t.Fatalf
+	}
+	free := hugePagesFree()
+	if free >= n {
+		return
+	}
+	b, err := os.ReadFile(knob)
+	if err != nil {
+		fail("no hugetlb pool: %v", err)
+		return
+	}
+	old := strings.TrimSpace(string(b))
+	total, _ := strconv.Atoi(old)
+	want := total + n - free
+	if err := os.WriteFile(knob, []byte(strconv.Itoa(want)), 0o644); err != nil {
+		fail("cannot grow the hugetlb pool to %d pages (root?): %v", want, err)
+		return
+	}
+	t.Cleanup(func() { os.WriteFile(knob, []byte(old), 0o644) })
+	if got := hugePagesFree(); got < n {
+		fail("the hugetlb pool has %d free pages after growing it to %d, want %d", got, want, n)
+	}
+}
+
+// hugePagesFree returns HugePages_Free from /proc/meminfo (0 if unknown).
+func hugePagesFree() int {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "HugePages_Free:" {
+			v, _ := strconv.Atoi(f[1])
+			return v
+		}
+	}
+	return 0
 }
 
 // Proc is a running paddock (or other) process whose stderr is captured.
