@@ -104,6 +104,9 @@ type GuestReceiveRequest struct {
 	// IdleTimeoutMs: stop the receiver if no migration used it for this
 	// long; 0 = DefaultReceiverIdleTimeoutMs.
 	IdleTimeoutMs int64 `json:"idle_timeout_ms,omitempty"`
+	// HugePages: receive into RAM on 2 MiB huge pages (the source
+	// guest's is; guest receive --hugepages).
+	HugePages bool `json:"huge_pages,omitempty"`
 }
 
 // GuestReceiver describes one child of a node: the answer to a receive
@@ -112,6 +115,7 @@ type GuestReceiver struct {
 	Node        string    `json:"node"`
 	Name        string    `json:"name"`
 	RAMBytes    int64     `json:"ram_bytes"`
+	HugePages   bool      `json:"huge_pages,omitempty"`
 	Addr        string    `json:"addr"`         // where it receives (QUIC and TCP)
 	ControlSock string    `json:"control_sock"` // its guest control socket on the node
 	Pid         int       `json:"pid"`
@@ -131,6 +135,9 @@ func checkGuestReceive(req *GuestReceiveRequest) error {
 	}
 	if req.RAMBytes <= 0 || req.RAMBytes > maxGuestRAMBytes || req.RAMBytes%guestPageBytes != 0 {
 		return fmt.Errorf("guest RAM %d bytes: want a multiple of %d up to %d", req.RAMBytes, guestPageBytes, int64(maxGuestRAMBytes))
+	}
+	if req.HugePages && req.RAMBytes%(2<<20) != 0 {
+		return fmt.Errorf("guest RAM %d bytes on huge pages: want a multiple of 2 MiB", req.RAMBytes)
 	}
 	if req.Node != "" && !nameRE.MatchString(req.Node) {
 		return fmt.Errorf("node %q: not a node name", req.Node)
@@ -188,7 +195,7 @@ func (d *Daemon) guestReceivers() *guestReceivers {
 func admitReceiver(byName map[string]*receiverChild, req GuestReceiveRequest) (*receiverChild, error) {
 	if c, ok := byName[req.Name]; ok {
 		switch {
-		case c.info.State == "waiting" && c.info.RAMBytes == req.RAMBytes:
+		case c.info.State == "waiting" && c.info.RAMBytes == req.RAMBytes && c.info.HugePages == req.HugePages:
 			return c, nil
 		case c.info.State == "waiting" || c.info.State == "starting":
 			return nil, fmt.Errorf("a receiver for guest %s of %d bytes of RAM is %s here already (pid %d)", req.Name, c.info.RAMBytes, c.info.State, c.info.Pid)
@@ -338,6 +345,9 @@ func (m *guestReceivers) start(req GuestReceiveRequest, nodeName, addr, sock str
 	cmd := exec.Command(m.exe, "guest", "receive", "--name", req.Name, "--ram", strconv.FormatInt(req.RAMBytes, 10),
 		"--listen", addr, "--data-dir", m.d.dir.Path, "--control-sock", sock,
 		"--idle-timeout", (time.Duration(req.IdleTimeoutMs) * time.Millisecond).String())
+	if req.HugePages {
+		cmd.Args = append(cmd.Args, "--hugepages")
+	}
 	// Pdeathsig: the child is told to stop if the node dies without
 	// stopping it. (The kernel ties it to the thread that forks; Go
 	// ends a thread only when a goroutine locked to it exits, and
@@ -353,7 +363,7 @@ func (m *guestReceivers) start(req GuestReceiveRequest, nodeName, addr, sock str
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting a receiver: %w", err)
 	}
-	c.info = GuestReceiver{Node: nodeName, Name: req.Name, RAMBytes: req.RAMBytes, Addr: addr, ControlSock: sock,
+	c.info = GuestReceiver{Node: nodeName, Name: req.Name, RAMBytes: req.RAMBytes, HugePages: req.HugePages, Addr: addr, ControlSock: sock,
 		Pid: cmd.Process.Pid, State: "starting", StartedAt: time.Now().UTC()}
 	m.byName[req.Name] = c
 	log := m.d.log.With("guest", req.Name, "pid", c.info.Pid)

@@ -84,6 +84,8 @@ read the same way, so 50M is 52.4 MB/s).`,
 	fl.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "per-migration timeout")
 	fl.Float64Var(&cfg.LinkBytesPerSecond, "link-rate", cfg.LinkBytesPerSecond, "link rate of the floor, bytes per second (default 10 GbE)")
 	fl.BoolVar(&cfg.VerifyRAM, "verify-ram", false, "both sides rehash all of RAM inside the pause for the digest check")
+	fl.BoolVar(&cfg.HugePages, "hugepages", false, "put both sides' guest RAM on 2 MiB huge pages (the hugetlb pool must hold twice the largest size: sysctl vm.nr_hugepages)")
+	fl.BoolVar(&cfg.WarmPool, "warm-pool", true, "with --hugepages: touch every free page of the pool once before the run, as on a host that has run guests (on a VM the first touch is the host's fault)")
 	fl.BoolVar(&asJSON, "json", false, "print JSON rows")
 	fl.StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile of the run to this file")
 	benchCmd.AddCommand(cmd)

@@ -131,6 +131,7 @@ type guestStatus struct {
 	Name            string `json:"name"`
 	State           string `json:"state"` // running, incoming, receiving, migrating, migrated
 	RAMBytes        int64  `json:"ram_bytes"`
+	HugePages       bool   `json:"huge_pages,omitempty"`
 	Writes          uint64 `json:"writes"`
 	ThrottlePercent int    `json:"throttle_percent"`
 	Pid             int    `json:"pid"`

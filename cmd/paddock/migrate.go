@@ -222,7 +222,7 @@ func receiverOnNode(sock, nodeName, toNode, dataDir string) (node.GuestReceiver,
 		return node.GuestReceiver{}, errors.New("the guest runs beside no node (no --data-dir): give migrate --data-dir DIR of the node to ask")
 	}
 	var rec node.GuestReceiver
-	req := node.GuestReceiveRequest{Name: st.Name, RAMBytes: st.RAMBytes, Node: nodeName}
+	req := node.GuestReceiveRequest{Name: st.Name, RAMBytes: st.RAMBytes, Node: nodeName, HugePages: st.HugePages}
 	if err := node.NewControlClient(node.DataDir{Path: dataDir}, receiverCallTimeout).Call("POST", "/v1/guests/receive", req, &rec); err != nil {
 		return node.GuestReceiver{}, err
 	}

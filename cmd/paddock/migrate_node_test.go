@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -186,5 +187,46 @@ func TestReceiverIdleTimeout(t *testing.T) {
 	}
 	if code := p.Cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("exit code %d:\n%s", code, p.Output())
+	}
+}
+
+// TestMigrateToNodeHugePages: a guest on huge pages migrates to a node,
+// which starts its receiver on huge pages too (the request says so), and
+// runs there.
+func TestMigrateToNodeHugePages(t *testing.T) {
+	requireUffdOrSkip(t)
+	testbin.RequireHugePages(t, 2*32/2)
+	nodes := makeVolumeCluster(t, 3)
+	bin := testbin.Paddock(t)
+	src := &volumeGuestProc{name: "gh", sock: filepath.Join(t.TempDir(), "gh.sock")}
+	src.proc = testbin.Start(t, bin, "guest", "start", "--name", "gh", "--ram", "32M", "--dirty-rate", "4M", "--pattern", "sequential",
+		"--hugepages", "--data-dir", nodes[0].dir, "--control-sock", src.sock)
+	src.proc.WaitFor(t, "running", 60*time.Second)
+	if st := src.status(t); !st.HugePages {
+		t.Fatalf("guest start --hugepages: status %+v", st)
+	}
+	out, err := testbin.RunErr(3*time.Minute, bin, "migrate", "gh", "--control-sock", src.sock, "--to", "n2", "--transport", "tcp")
+	if err != nil {
+		t.Fatalf("migrate --to n2: %v\n%s", err, out)
+	}
+	var dst *volumeGuestProc
+	deadline := time.Now().Add(30 * time.Second)
+	for dst == nil {
+		for _, r := range nodeGuests(t, nodes[1]) {
+			if r.Name == "gh" && r.State == "running" {
+				if !r.HugePages {
+					t.Fatalf("n2 started a receiver without huge pages: %+v", r)
+				}
+				dst = &volumeGuestProc{name: "gh", sock: r.ControlSock}
+			}
+		}
+		if dst == nil && time.Now().After(deadline) {
+			t.Fatalf("n2 lists no running gh: %+v", nodeGuests(t, nodes[1]))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	dst.runsOn(t)
+	if st := dst.status(t); !st.HugePages {
+		t.Fatalf("the guest on n2 is not on huge pages: %+v", st)
 	}
 }
