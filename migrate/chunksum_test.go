@@ -72,7 +72,7 @@ func TestChunkSumIsRAM(t *testing.T) {
 		enc, _ := NewEncoder(&wire, EncoderOptions{Compression: CompressAuto})
 		for c := 0; c*chunkPages < pages; c++ {
 			from, to := c*chunkPages, min((c+1)*chunkPages, pages)
-			if _, err := enc.WriteRunFile(fd, uint64(from), to-from); err != nil {
+			if _, err := enc.WriteRunFile(fd, uint64(from), to-from, nil); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -147,11 +147,22 @@ func TestChunkSumIsRAM(t *testing.T) {
 		dec.ResetChunkSums()
 		touched.Reset()
 		dec.SetSkipZero(false)
+		// Later rounds: the digest kept current from the page
+		// changes the decoder records must be RAM's.
+		kept, _ := NewRAMDigest(ramBytes)
+		kept.UpdateAll(dst.Bytes(), 1)
+		dec.SetPageChanges(true)
 		for range 1 + rng.IntN(len(pool)) {
 			wire.Write(pool[rng.IntN(len(pool))])
 		}
 		applyAll(t, dec, dst.Bytes())
 		check(1)
+		dec.TakePageChanges(kept.ApplyChunkChange)
+		fresh, _ := NewRAMDigest(ramBytes)
+		fresh.UpdateAll(dst.Bytes(), 1)
+		if c := kept.FirstDifference(fresh); c >= 0 {
+			t.Fatalf("iteration %d: chunk %d's checksum kept from page changes is not RAM's", iter, c)
+		}
 		dec.Close()
 		if dfd >= 0 {
 			closeRAMFile(dfd)

@@ -152,7 +152,7 @@ func BenchmarkWriteRunFile(b *testing.B) {
 			cpuStart, moved := cpuTime(), 0
 			for b.Loop() {
 				for c := 0; c*chunkPages < mem.Pages(); c++ {
-					if _, err := enc.WriteRunFile(fd, uint64(c*chunkPages), chunkPages); err != nil {
+					if _, err := enc.WriteRunFile(fd, uint64(c*chunkPages), chunkPages, nil); err != nil {
 						b.Fatal(err)
 					}
 				}

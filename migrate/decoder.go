@@ -53,6 +53,14 @@ type Decoder struct {
 	// wholly written by such runs since ResetChunkSums.
 	run  chunkRun
 	sums map[int]uint32
+
+	// Page changes (SetPageChanges): per digest chunk, the XOR of
+	// chunkPageChange for every page written since TakePageChanges,
+	// from the page's sum before and after the write.
+	changes  map[int]uint32
+	trackOld bool
+	oldSums  []uint32
+	oldBuf   []byte
 }
 
 // chunkRun is a digest chunk being written by run frames in page order.
@@ -222,6 +230,73 @@ func NewDecoder(r io.Reader, ramPages uint64) *Decoder {
 // SetRAMPages sets the RAM size page indexes are checked against.
 func (d *Decoder) SetRAMPages(n uint64) { d.ramPages = min(n, MaxMemoryBytes/PageBytes) }
 
+// SetPageChanges makes ApplyPages record, for every page it writes, how
+// the page's digest chunk checksum changes (pagesum.go): it hashes the
+// page before (read from RAM) and after the write. The destination turns
+// it on after the bulk pass, when a round writes scattered pages over RAM
+// that holds data: updating the digest then costs the pages written, not
+// a rehash of their 1 MiB chunks.
+func (d *Decoder) SetPageChanges(on bool) {
+	d.trackOld = on
+	if on && d.changes == nil {
+		d.changes = make(map[int]uint32)
+	}
+}
+
+// TakePageChanges calls fn with each chunk's recorded change and forgets
+// them.
+func (d *Decoder) TakePageChanges(fn func(chunk int, x uint32)) {
+	for c, x := range d.changes {
+		fn(c, x)
+	}
+	clear(d.changes)
+}
+
+// readOldSums hashes pages [index, index+count) as RAM holds them before a
+// write, when page changes are on.
+func (d *Decoder) readOldSums(index uint64, count int, ram []byte) error {
+	if !d.trackOld {
+		return nil
+	}
+	d.oldSums = d.oldSums[:0]
+	old := ram[index*PageBytes : (index+uint64(count))*PageBytes]
+	if d.ramFd >= 0 {
+		// Through the mapping would fault pages in (SetRAMFile).
+		if len(d.oldBuf) < len(old) {
+			d.oldBuf = make([]byte, MaxPagesPerFrame*PageBytes)
+		}
+		old = d.oldBuf[:len(old)]
+		if err := preadFull(d.ramFd, old, int64(index)*PageBytes); err != nil {
+			return err
+		}
+	}
+	for i := range count {
+		d.oldSums = append(d.oldSums, pageSum(old[i*PageBytes:(i+1)*PageBytes]))
+	}
+	return nil
+}
+
+// noteChanges records the change of pages [index, index+count) from the
+// sums readOldSums took to newSum(i) of each.
+func (d *Decoder) noteChanges(index uint64, count int, newSum func(i int) uint32) {
+	if !d.trackOld {
+		return
+	}
+	for i := range count {
+		p := index + uint64(i)
+		c, j := int(p/chunkPages), int(p%chunkPages)
+		n := int(min(chunkPages, d.ramPages-uint64(c)*chunkPages))
+		if x := chunkPageChange(d.oldSums[i], newSum(i), j, n); x != 0 {
+			d.changes[c] ^= x
+		}
+	}
+}
+
+// bytesSum is noteChanges's newSum over pages laid out in b.
+func bytesSum(b []byte) func(i int) uint32 {
+	return func(i int) uint32 { return pageSum(b[i*PageBytes : (i+1)*PageBytes]) }
+}
+
 // SetTouched makes ApplyPages set in b (ramPages bits) every page it
 // writes: the destination rehashes only those chunks of its RAM digest.
 func (d *Decoder) SetTouched(b *Bitmap) { d.touched = b }
@@ -318,12 +393,16 @@ func (d *Decoder) ApplyPages(f *Frame, ram []byte) (PageStats, error) {
 		return st, nil
 	}
 	dst := ram[f.Index*PageBytes : (f.Index+uint64(f.Count))*PageBytes]
+	if err := d.readOldSums(f.Index, count, ram); err != nil {
+		return st, err
+	}
 	if d.ramFd >= 0 {
 		wrote, err := d.writeFile(f.Encoding, f.Index, count, f.Payload)
 		if err != nil {
 			d.forgetChunks(f.Index, f.Index+uint64(count)-1)
 			return st, err
 		}
+		d.noteChanges(f.Index, count, bytesSum(wrote))
 		d.noteRun(f.Index, count, func(crc uint32) uint32 {
 			if crc == 0 && f.Encoding == EncRaw && f.hasCRC {
 				// Next checked the payload's checksum: it is
@@ -337,6 +416,7 @@ func (d *Decoder) ApplyPages(f *Frame, ram []byte) (PageStats, error) {
 			d.forgetChunks(f.Index, f.Index+uint64(count)-1)
 			return st, err
 		}
+		d.noteChanges(f.Index, count, bytesSum(dst))
 		d.noteRun(f.Index, count, func(crc uint32) uint32 {
 			if crc == 0 && f.Encoding == EncRaw && f.hasCRC {
 				return f.payloadCRC // as above
@@ -469,17 +549,25 @@ func (d *Decoder) applyBatch(f *Frame, ram []byte, st PageStats) (PageStats, err
 		}
 		dst := ram[page*PageBytes : (page+1)*PageBytes]
 		d.forgetChunks(page, page)
+		if err := d.readOldSums(page, 1, ram); err != nil {
+			return st, err
+		}
 		if d.ramFd >= 0 {
-			if _, err := d.writeFile(enc, page, 1, data); err != nil {
+			wrote, err := d.writeFile(enc, page, 1, data)
+			if err != nil {
 				return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
 			}
-		} else if enc == EncDelta {
-			if err := checkDelta(data); err != nil {
+			d.noteChanges(page, 1, bytesSum(wrote))
+		} else {
+			if enc == EncDelta {
+				if err := checkDelta(data); err != nil {
+					return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
+				}
+				applyDelta(dst, data)
+			} else if err := d.decodeInto(enc, dst, data); err != nil {
 				return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
 			}
-			applyDelta(dst, data)
-		} else if err := d.decodeInto(enc, dst, data); err != nil {
-			return st, fmt.Errorf("%w (batch record %d, page %d)", err, k, page)
+			d.noteChanges(page, 1, bytesSum(dst))
 		}
 		st.Pages++
 		st.add(enc, 1)
@@ -549,6 +637,9 @@ func (d *Decoder) applySparse(f *Frame, ram []byte, st PageStats) (PageStats, er
 		return st, corrupt("sparse frame with data in %s", inner)
 	}
 	isData := func(i int) bool { return bm[i/8]&(1<<(i%8)) != 0 }
+	if err := d.readOldSums(f.Index, count, ram); err != nil {
+		return st, err
+	}
 
 	if d.ramFd >= 0 {
 		// Consecutive pages go in one pwritev: data pages from data,
@@ -605,6 +696,19 @@ func (d *Decoder) applySparse(f *Frame, ram []byte, st PageStats) (PageStats, er
 				clear(dst)
 			}
 		}
+	}
+	if d.trackOld {
+		k := 0
+		d.noteChanges(f.Index, count, func(i int) uint32 {
+			if !isData(i) {
+				if d.skipZero {
+					return d.oldSums[i] // left alone
+				}
+				return 0 // written as zeros
+			}
+			k++
+			return pageSum(data[(k-1)*PageBytes : k*PageBytes])
+		})
 	}
 	overwrote := false
 	for i := 0; i < count && d.skipZero && !overwrote; i++ {

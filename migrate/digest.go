@@ -20,10 +20,16 @@ import (
 // covers that): 32 bits a chunk is plenty for that.
 const DigestChunkBytes = 1 << 20
 
-// RAMDigest holds one crc32c per chunk of guest RAM.
+// RAMDigest holds one crc32c per chunk of guest RAM, and the page sums
+// (pagesum.go) that let a page's change update its chunk's checksum
+// without rehashing the chunk. The source keeps the page sums (it cannot
+// know a page's old contents once the guest rewrote it); the destination
+// reads a page's old contents before it overwrites it instead (Decoder
+// page changes) and leaves them zero.
 type RAMDigest struct {
 	ramBytes int
 	crcs     []uint32
+	pages    []uint32 // G of each page as last hashed (pagesum.go)
 }
 
 // NewRAMDigest returns a digest for RAM of ramBytes, every chunk unhashed
@@ -33,7 +39,7 @@ func NewRAMDigest(ramBytes int64) (*RAMDigest, error) {
 		return nil, err
 	}
 	chunks := (ramBytes + DigestChunkBytes - 1) / DigestChunkBytes
-	return &RAMDigest{ramBytes: int(ramBytes), crcs: make([]uint32, chunks)}, nil
+	return &RAMDigest{ramBytes: int(ramBytes), crcs: make([]uint32, chunks), pages: make([]uint32, ramBytes/PageBytes)}, nil
 }
 
 // Chunks returns the number of chunks.
@@ -59,6 +65,7 @@ func (d *RAMDigest) SetZero() {
 
 // SetChunkZero records chunk c as all zero without reading it.
 func (d *RAMDigest) SetChunkZero(c int) {
+	clear(d.chunkPageSums(c))
 	n := min(DigestChunkBytes, d.ramBytes-c*DigestChunkBytes)
 	if n == DigestChunkBytes {
 		d.crcs[c] = zeroChunkCRC
@@ -67,12 +74,41 @@ func (d *RAMDigest) SetChunkZero(c int) {
 	d.crcs[c] = crc32.Checksum(make([]byte, n), castagnoli)
 }
 
-// UpdateChunk rehashes chunk c of ram.
+// UpdateChunk rehashes chunk c of ram, page by page.
 func (d *RAMDigest) UpdateChunk(ram []byte, c int) {
 	d.checkRAM(ram)
 	end := min((c+1)*DigestChunkBytes, len(ram))
-	d.crcs[c] = crc32.Checksum(ram[c*DigestChunkBytes:end], castagnoli)
+	d.hashChunk(c, ram[c*DigestChunkBytes:end])
 }
+
+// hashChunk sets chunk c's page sums and checksum from b, its bytes.
+func (d *RAMDigest) hashChunk(c int, b []byte) {
+	sums := d.chunkPageSums(c)
+	for j := range sums {
+		sums[j] = pageSum(b[j*PageBytes : (j+1)*PageBytes])
+	}
+	d.crcs[c] = foldPageSums(sums)
+}
+
+// chunkPageSums returns the page sums of chunk c.
+func (d *RAMDigest) chunkPageSums(c int) []uint32 {
+	from := c * chunkPages
+	return d.pages[from:min(from+chunkPages, len(d.pages))]
+}
+
+// UpdatePage rehashes page p of ram and updates its chunk's checksum
+// from the page's change: a round's scattered pages cost a page each.
+func (d *RAMDigest) UpdatePage(ram []byte, p int) {
+	d.checkRAM(ram)
+	g := pageSum(ram[p*PageBytes : (p+1)*PageBytes])
+	c, j := p/chunkPages, p%chunkPages
+	d.crcs[c] ^= chunkPageChange(d.pages[p], g, j, len(d.chunkPageSums(c)))
+	d.pages[p] = g
+}
+
+// ApplyChunkChange XORs x, a sum of chunkPageChange values for chunk c,
+// onto its checksum (the destination's page changes, Decoder.PageChanges).
+func (d *RAMDigest) ApplyChunkChange(c int, x uint32) { d.crcs[c] ^= x }
 
 // UpdateChunkFile rehashes chunk c reading it with pread from fd, the memfd
 // under the RAM, into buf (at least DigestChunkBytes). Reading through the
@@ -88,13 +124,19 @@ func (d *RAMDigest) UpdateChunkFile(fd int, c int, buf []byte) error {
 	if err := preadFull(fd, buf[:n], int64(c)*DigestChunkBytes); err != nil {
 		return err
 	}
-	d.crcs[c] = crc32.Checksum(buf[:n], castagnoli)
+	d.hashChunk(c, buf[:n])
 	return nil
 }
 
 // SetChunk records crc, computed by the caller over chunk c's bytes as
-// they were read, as the chunk's checksum.
+// they were read or written, as the chunk's checksum. Its page sums are
+// left as they were: the destination's, which keeps none.
 func (d *RAMDigest) SetChunk(c int, crc uint32) { d.crcs[c] = crc }
+
+// ChunkPageSums returns chunk c's page sums for the caller to fill (the
+// source's bulk pass, Encoder.WriteRunFile) before SetChunk with their
+// fold.
+func (d *RAMDigest) ChunkPageSums(c int) []uint32 { return d.chunkPageSums(c) }
 
 // UpdatePages rehashes every chunk holding a page set in pages, with up to
 // workers goroutines.

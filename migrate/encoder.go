@@ -229,13 +229,17 @@ func (e *Encoder) WriteRun(index uint64, pages []byte) error {
 // WriteRunFile is WriteRun of count (1..MaxPagesPerFrame) pages read with
 // pread from fd, the memfd under the guest's RAM, at page index. It
 // returns the crc32c of the pages as read and sent (a RAMDigest chunk's
-// checksum when they are one chunk). pread copies the pages as WriteRun's
+// checksum when they are one chunk), and fills sums (nil, or count long)
+// with the pages' sums (RAMDigest.ChunkPageSums). pread copies the pages as WriteRun's
 // snapshot does, but never faults in pages that are not mapped (a guest
 // just received with pwrite has none mapped), and faults cost more than
 // the copy here (see RAMDigest.UpdateChunkFile).
-func (e *Encoder) WriteRunFile(fd int, index uint64, count int) (uint32, error) {
+func (e *Encoder) WriteRunFile(fd int, index uint64, count int, sums []uint32) (uint32, error) {
 	if count < 1 || count > MaxPagesPerFrame {
 		return 0, fmt.Errorf("migrate: WriteRunFile of %d pages, want 1..%d", count, MaxPagesPerFrame)
+	}
+	if sums != nil && len(sums) != count {
+		return 0, fmt.Errorf("migrate: WriteRunFile of %d pages given %d page sums", count, len(sums))
 	}
 	if err := e.flushBatch(); err != nil {
 		return 0, err
@@ -248,17 +252,30 @@ func (e *Encoder) WriteRunFile(fd int, index uint64, count int) (uint32, error) 
 	// The checksum of zero pages costs a table step each (crcZeroPage),
 	// not a pass over 4 KiB; data runs are hashed whole.
 	crc := uint32(0)
-	for p := 0; p < count; {
-		q := p + 1
-		for q < count && e.zeroes[q] == e.zeroes[p] {
-			q++
+	if sums != nil {
+		// Page by page, for the digest's page sums (pagesum.go); the
+		// run's checksum is their fold. The same bytes are hashed.
+		for p := range count {
+			if e.zeroes[p] {
+				sums[p] = 0
+			} else {
+				sums[p] = pageSum(snap[p*PageBytes : (p+1)*PageBytes])
+			}
 		}
-		if e.zeroes[p] {
-			crc = crcZeroPages(crc, q-p)
-		} else {
-			crc = crc32.Update(crc, castagnoli, snap[p*PageBytes:q*PageBytes])
+		crc = foldPageSums(sums)
+	} else {
+		for p := 0; p < count; {
+			q := p + 1
+			for q < count && e.zeroes[q] == e.zeroes[p] {
+				q++
+			}
+			if e.zeroes[p] {
+				crc = crcZeroPages(crc, q-p)
+			} else {
+				crc = crc32.Update(crc, castagnoli, snap[p*PageBytes:q*PageBytes])
+			}
+			p = q
 		}
-		p = q
 	}
 	// A chunk of data pages alone goes as one raw frame (unless it
 	// compresses) whose payload checksum is this one.

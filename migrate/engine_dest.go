@@ -445,6 +445,14 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 					send(destEvent{stream: i, err: corrupt("page %d arrived on stream %d, belongs to %d", p, i, StreamOf(uint64(p), streams))})
 					return
 				}
+				p = touched.NextSet((c + 1) * chunkPages)
+			}
+			// After the bulk pass the decoder recorded how each page
+			// it wrote changed its chunk's checksum (pagesum.go); the
+			// chunks are this stream's (checked above).
+			dec.TakePageChanges(digest.ApplyChunkChange)
+			for p := touched.NextSet(0); p >= 0 && round0; {
+				c := p / chunkPages
 				if crc, ok := dec.ChunkSum(c); ok && destChunkSums {
 					// Wholly written this round by in-order run
 					// frames: the checksum of what was written.
@@ -464,6 +472,7 @@ func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAM
 			dec.ResetChunkSums()
 			round0 = false
 			dec.SetSkipZero(false)
+			dec.SetPageChanges(true)
 			if !send(destEvent{stream: i, frame: Frame{Type: FrameRoundEnd, Index: f.Index}}) {
 				return
 			}

@@ -606,7 +606,7 @@ func (s *source) sendAll(e *Encoder, i, n int) error {
 			// written since differs from it, but was written after
 			// the tracker started, so it is sent again and its
 			// chunk rehashed in a later round.
-			crc, err := e.WriteRunFile(fd, uint64(from), to-from)
+			crc, err := e.WriteRunFile(fd, uint64(from), to-from, s.digest.ChunkPageSums(c))
 			if err != nil {
 				return err
 			}
@@ -627,20 +627,18 @@ func (s *source) sendAll(e *Encoder, i, n int) error {
 // and a stream's list is consumed in steps.
 const sendPagesBatch = 4096
 
-// sendPages sends a stream's dirty pages (ascending) and rehashes their
-// chunks.
+// sendPages sends a stream's dirty pages (ascending) and rehashes them
+// for the digest.
 func (s *source) sendPages(e *Encoder, list []uint64) error {
 	for len(list) > 0 {
 		k := min(len(list), sendPagesBatch)
 		if err := e.WritePages(s.ram, list[:k]); err != nil {
 			return err
 		}
-		last := -1
 		for _, p := range list[:k] {
-			if c := int(p / chunkPages); c != last {
-				s.digest.UpdateChunk(s.ram, c)
-				last = c
-			}
+			// The page as RAM holds it now, at a page's cost (see
+			// pagesum.go); its chunk belongs to this stream.
+			s.digest.UpdatePage(s.ram, int(p))
 		}
 		s.sentPgs.Add(uint64(k))
 		list = list[k:]

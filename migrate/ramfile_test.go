@@ -44,7 +44,7 @@ func TestRAMFilePath(t *testing.T) {
 	pages := src.Pages()
 	for c := 0; c*chunkPages < pages; c++ {
 		from, to := c*chunkPages, min((c+1)*chunkPages, pages)
-		crc, err := enc.WriteRunFile(sfd, uint64(from), to-from)
+		crc, err := enc.WriteRunFile(sfd, uint64(from), to-from, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -53,7 +53,7 @@ func TestRAMFilePath(t *testing.T) {
 		}
 		srcDigest.SetChunk(c, crc)
 	}
-	if _, err := enc.WriteRunFile(sfd, 0, MaxPagesPerFrame+1); err == nil {
+	if _, err := enc.WriteRunFile(sfd, 0, MaxPagesPerFrame+1, nil); err == nil {
 		t.Fatal("WriteRunFile beyond one frame's pages")
 	}
 	enc.Flush()
