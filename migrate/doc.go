@@ -49,10 +49,14 @@
 //   - RAMDigest is a chunked digest of RAM that can be kept current
 //     incrementally. What the digest compared at the switchover proves:
 //     each side's chunk checksum is taken of the bytes the side handled
-//     last for that chunk (the source: read from RAM and sent, or
-//     rehashed from RAM after a round's send; the destination: handed to
-//     pwrite, see Decoder.ChunkSum, or read back for chunks not written
-//     whole by in-order runs). Equal digests then mean equal RAM at the
+//     last for that chunk (the source: read from RAM and sent, or, page
+//     by page, rehashed from RAM after a round's send; the destination:
+//     handed to pwrite or copied in, see Decoder.ChunkSum, or read back
+//     for chunks not written whole by in-order runs in the bulk pass, and
+//     after it each page written hashed before and after the write).
+//     After the bulk pass a page's change updates its chunk's checksum
+//     through crc32c's linearity (pagesum.go), so a round costs the pages
+//     it sent, not their chunks. Equal digests then mean equal RAM at the
 //     pause provided that (1) the tracker reported every write the guest
 //     made after Tracker.Start (a page written after its chunk was hashed
 //     is then sent and its chunk rehashed in a later round, the last one
@@ -95,8 +99,8 @@
 //     1 GiB walk costs ~0.5 ms). The final Collect runs inside the pause and
 //     counts against the downtime.
 //   - Hashing all of RAM runs at ~8 GB/s on two cores here: keep a RAMDigest
-//     current during the rounds (UpdatePages with what was sent) so that
-//     only the last round's chunks are hashed inside the pause.
+//     current during the rounds (UpdatePage with what was sent) so that
+//     only the last round's pages are hashed inside the pause.
 //   - Conn.Close may drop data in flight: end with an acknowledgement on the
 //     control stream. Conn.Abort is for cancel and error.
 //
