@@ -33,6 +33,11 @@ func TestConvergenceTable(t *testing.T) {
 			{RoundMeasure{Round: 0, SentBytes: 1000 * MiB, Duration: time.Second, DirtyBytes: 200 * MiB}, ActionContinue, 0},
 			{RoundMeasure{Round: 1, SentBytes: 200 * MiB, Duration: 200 * ms, DirtyBytes: 40 * MiB, Elapsed: 1200 * ms}, ActionSwitchover, 0},
 		}},
+		{"the final collect counts against the downtime", cfg, []step{
+			// 80 ms of data fit 100 ms, with the 30 ms collect they do not.
+			{RoundMeasure{Round: 0, SentBytes: 1000 * MiB, Duration: time.Second, DirtyBytes: 80 * MiB, CollectTime: 30 * ms}, ActionContinue, 0},
+			{RoundMeasure{Round: 1, SentBytes: 80 * MiB, Duration: 80 * ms, DirtyBytes: 60 * MiB, CollectTime: 30 * ms}, ActionSwitchover, 0},
+		}},
 		{"tiny rounds keep the last bandwidth estimate", cfg, []step{
 			{RoundMeasure{Round: 0, SentBytes: 1000 * MiB, Duration: time.Second, DirtyBytes: 200 * MiB}, ActionContinue, 0},
 			// 4 KiB in 50 ms would say 80 KB/s; the estimate stays 1000 MiB/s.

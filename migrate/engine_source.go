@@ -242,10 +242,12 @@ func (s *source) run(ctx context.Context) (err error) {
 		}
 		roundTime := time.Since(roundStart)
 		s.hook("round", round)
+		collectAt := time.Now()
 		n, err := s.tr.Collect(dirty)
 		if err != nil {
 			return err
 		}
+		collectTime := time.Since(collectAt)
 		s.st.DirtySyncCount++
 		now := time.Now()
 		if dt := now.Sub(lastCollect).Seconds(); dt > 0 {
@@ -255,7 +257,7 @@ func (s *source) run(ctx context.Context) (err error) {
 		lastCollect = now
 		d := s.conv.Next(RoundMeasure{
 			Round: round, SentBytes: sent, Duration: roundTime,
-			DirtyBytes: uint64(dirty.Count()) * PageBytes, Elapsed: time.Since(s.start),
+			DirtyBytes: uint64(dirty.Count()) * PageBytes, CollectTime: collectTime, Elapsed: time.Since(s.start),
 		})
 		s.lastDec.Store(&d)
 		s.st.ExpectedDowntimeMs = ms(d.ExpectedDowntime)
