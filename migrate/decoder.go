@@ -215,7 +215,14 @@ func crcZeroPages(crc uint32, n int) uint32 {
 // SetSkipZero says whether the RAM under zero run frames is known to be
 // zero already (fresh RAM during the bulk pass): they are then neither
 // written, which would allocate the pages, nor marked touched.
-func (d *Decoder) SetSkipZero(skip bool) { d.skipZero = skip }
+// It turns page changes off (SetPageChanges): the two are for different
+// rounds, and a skipped zero page would need its own case.
+func (d *Decoder) SetSkipZero(skip bool) {
+	d.skipZero = skip
+	if skip {
+		d.trackOld = false
+	}
+}
 
 // decoderBufferBytes matches the encoder's buffer.
 const decoderBufferBytes = 256 << 10
@@ -236,10 +243,14 @@ func (d *Decoder) SetRAMPages(n uint64) { d.ramPages = min(n, MaxMemoryBytes/Pag
 // it on after the bulk pass, when a round writes scattered pages over RAM
 // that holds data: updating the digest then costs the pages written, not
 // a rehash of their 1 MiB chunks.
+// It turns SetSkipZero off: RAM is no longer fresh then.
 func (d *Decoder) SetPageChanges(on bool) {
 	d.trackOld = on
-	if on && d.changes == nil {
-		d.changes = make(map[int]uint32)
+	if on {
+		d.skipZero = false
+		if d.changes == nil {
+			d.changes = make(map[int]uint32)
+		}
 	}
 }
 
@@ -298,7 +309,8 @@ func bytesSum(b []byte) func(i int) uint32 {
 }
 
 // SetTouched makes ApplyPages set in b (ramPages bits) every page it
-// writes: the destination rehashes only those chunks of its RAM digest.
+// writes: after the bulk pass the destination rehashes only those chunks
+// of its RAM digest, and checks that they belong to the stream.
 func (d *Decoder) SetTouched(b *Bitmap) { d.touched = b }
 
 // Next reads the next frame.
@@ -701,10 +713,7 @@ func (d *Decoder) applySparse(f *Frame, ram []byte, st PageStats) (PageStats, er
 		k := 0
 		d.noteChanges(f.Index, count, func(i int) uint32 {
 			if !isData(i) {
-				if d.skipZero {
-					return d.oldSums[i] // left alone
-				}
-				return 0 // written as zeros
+				return 0 // written as zeros: skipZero is off
 			}
 			k++
 			return pageSum(data[(k-1)*PageBytes : k*PageBytes])

@@ -14,9 +14,9 @@ import (
 // the digest is the SHA-256 of the chunk checksums. crc32c runs at ~25 GB/s
 // a core here, so hashing all of a 4 GiB guest costs ~80 ms on 2 cores:
 // too much for a 50 ms downtime if done at the pause. The engine keeps a
-// RAMDigest current instead, rehashing during the rounds the chunks whose
-// pages it has sent, so that at the pause only chunks written in the last
-// round remain. The digest detects bugs and corruption, not forgery (TLS
+// RAMDigest current instead: whole chunks in the bulk pass, then page by
+// page (pagesum.go) as later rounds send pages, so that at the pause only
+// the pages of the last round remain. The digest detects bugs and corruption, not forgery (TLS
 // covers that): 32 bits a chunk is plenty for that.
 const DigestChunkBytes = 1 << 20
 
@@ -30,6 +30,10 @@ type RAMDigest struct {
 	ramBytes int
 	crcs     []uint32
 	pages    []uint32 // G of each page as last hashed (pagesum.go)
+	// noSums: chunks set by SetChunk, whose page sums are unknown. One
+	// bool a chunk, not a bitmap: streams update their own chunks at
+	// once, and bits of one word would race.
+	noSums []bool
 }
 
 // NewRAMDigest returns a digest for RAM of ramBytes, every chunk unhashed
@@ -39,7 +43,8 @@ func NewRAMDigest(ramBytes int64) (*RAMDigest, error) {
 		return nil, err
 	}
 	chunks := (ramBytes + DigestChunkBytes - 1) / DigestChunkBytes
-	return &RAMDigest{ramBytes: int(ramBytes), crcs: make([]uint32, chunks), pages: make([]uint32, ramBytes/PageBytes)}, nil
+	return &RAMDigest{ramBytes: int(ramBytes), crcs: make([]uint32, chunks), pages: make([]uint32, ramBytes/PageBytes),
+		noSums: make([]bool, chunks)}, nil
 }
 
 // Chunks returns the number of chunks.
@@ -66,6 +71,7 @@ func (d *RAMDigest) SetZero() {
 // SetChunkZero records chunk c as all zero without reading it.
 func (d *RAMDigest) SetChunkZero(c int) {
 	clear(d.chunkPageSums(c))
+	d.noSums[c] = false
 	n := min(DigestChunkBytes, d.ramBytes-c*DigestChunkBytes)
 	if n == DigestChunkBytes {
 		d.crcs[c] = zeroChunkCRC
@@ -88,6 +94,7 @@ func (d *RAMDigest) hashChunk(c int, b []byte) {
 		sums[j] = pageSum(b[j*PageBytes : (j+1)*PageBytes])
 	}
 	d.crcs[c] = foldPageSums(sums)
+	d.noSums[c] = false
 }
 
 // chunkPageSums returns the page sums of chunk c.
@@ -102,6 +109,11 @@ func (d *RAMDigest) UpdatePage(ram []byte, p int) {
 	d.checkRAM(ram)
 	g := pageSum(ram[p*PageBytes : (p+1)*PageBytes])
 	c, j := p/chunkPages, p%chunkPages
+	if d.noSums[c] {
+		// Its checksum came from SetChunk: the page's old sum is not
+		// known, and a change from a wrong one would corrupt it.
+		panic(fmt.Sprintf("migrate: UpdatePage on chunk %d, whose page sums SetChunk left unknown", c))
+	}
 	d.crcs[c] ^= chunkPageChange(d.pages[p], g, j, len(d.chunkPageSums(c)))
 	d.pages[p] = g
 }
@@ -130,13 +142,22 @@ func (d *RAMDigest) UpdateChunkFile(fd int, c int, buf []byte) error {
 
 // SetChunk records crc, computed by the caller over chunk c's bytes as
 // they were read or written, as the chunk's checksum. Its page sums are
-// left as they were: the destination's, which keeps none.
-func (d *RAMDigest) SetChunk(c int, crc uint32) { d.crcs[c] = crc }
+// then unknown (the destination keeps none), and UpdatePage on the chunk
+// panics until it is hashed again.
+func (d *RAMDigest) SetChunk(c int, crc uint32) {
+	d.crcs[c] = crc
+	d.noSums[c] = true
+}
 
 // ChunkPageSums returns chunk c's page sums for the caller to fill (the
-// source's bulk pass, Encoder.WriteRunFile) before SetChunk with their
-// fold.
+// source's bulk pass, Encoder.WriteRunFile), then SetChunkFromPageSums.
 func (d *RAMDigest) ChunkPageSums(c int) []uint32 { return d.chunkPageSums(c) }
+
+// SetChunkFromPageSums sets chunk c's checksum from its page sums.
+func (d *RAMDigest) SetChunkFromPageSums(c int) {
+	d.crcs[c] = foldPageSums(d.chunkPageSums(c))
+	d.noSums[c] = false
+}
 
 // UpdatePages rehashes every chunk holding a page set in pages, with up to
 // workers goroutines.

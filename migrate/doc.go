@@ -58,13 +58,15 @@
 //     through crc32c's linearity (pagesum.go), so a round costs the pages
 //     it sent, not their chunks. Equal digests then mean equal RAM at the
 //     pause provided that (1) the tracker reported every write the guest
-//     made after Tracker.Start (a page written after its chunk was hashed
-//     is then sent and its chunk rehashed in a later round, the last one
-//     inside the pause), and (2) nothing but the decoder writes the
-//     destination's RAM before the commit. A write the tracker does not
-//     see (through a mapping it does not cover, by pwrite on the memfd, by
-//     a device from the kernel) or a stray write at the destination is
-//     not caught by that. SourceOptions.VerifyRAM and
+//     made after Tracker.Start (a page written after it was hashed is then
+//     sent and rehashed in a later round, the last one inside the pause),
+//     and (2) nothing but the decoder writes the destination's RAM before
+//     the commit. A write the tracker does not see (through a mapping it
+//     does not cover, by pwrite on the memfd, by a device from the kernel)
+//     or a stray write at the destination is not caught by that. (Before
+//     the page sums, rehashing a sent page's whole chunk caught such a
+//     write by chance when a later round sent another page of its chunk;
+//     nothing promised it, and it made every round cost whole chunks.) SourceOptions.VerifyRAM and
 //     DestOptions.VerifyRAM drop the assumption on their side: they
 //     rehash all of RAM inside the pause (RAMDigest.RehashAll), at the
 //     cost of reading it all while the guest is stopped.
@@ -99,8 +101,8 @@
 //     1 GiB walk costs ~0.5 ms). The final Collect runs inside the pause and
 //     counts against the downtime.
 //   - Hashing all of RAM runs at ~8 GB/s on two cores here: keep a RAMDigest
-//     current during the rounds (UpdatePage with what was sent) so that
-//     only the last round's pages are hashed inside the pause.
+//     current during the rounds (UpdatePage on RAM after each page is sent)
+//     so that only the last round's pages are hashed inside the pause.
 //   - Conn.Close may drop data in flight: end with an acknowledgement on the
 //     control stream. Conn.Abort is for cancel and error.
 //

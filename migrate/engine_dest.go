@@ -378,8 +378,10 @@ var destRAMByFile = true
 var destChunkSums = true
 
 // readPages applies one page stream's frames to RAM. At each RoundEnd it
-// rehashes the digest chunks the round wrote (they belong to this stream:
-// see chunkPages), reports, and waits for the round's acknowledgement.
+// updates the digest for what the round wrote (they belong to this stream:
+// see chunkPages): the bulk pass's chunks from their checksums as written
+// or read back, later rounds' pages from their recorded changes. Then it
+// reports and waits for the round's acknowledgement.
 func (d *dest) readPages(i, streams int, ps Stream, ramPages uint64, digest *RAMDigest, st *PageStats,
 	send func(destEvent) bool, cont, quit chan struct{}) {
 	dec := NewDecoder(ps, ramPages)

@@ -512,8 +512,9 @@ func (s *source) waitAck(ctx context.Context, want uint64, timeout time.Duration
 }
 
 // sendRound sends round r: all of RAM for round 0 (dirty nil), else the
-// pages set in dirty. Each page stream sends its share, rehashes the digest
-// chunks it sent, and ends with a RoundEnd barrier. It returns the wire
+// pages set in dirty. Each page stream sends its share, rehashes what it
+// sent for the digest (chunks in the bulk pass, pages after), and ends
+// with a RoundEnd barrier. It returns the wire
 // bytes of the round's pages.
 func (s *source) sendRound(ctx context.Context, r int, dirty *Bitmap) (uint64, error) {
 	n := len(s.encs)
@@ -606,13 +607,12 @@ func (s *source) sendAll(e *Encoder, i, n int) error {
 		if fd >= 0 {
 			// The chunk's checksum is of the bytes as sent: a page
 			// written since differs from it, but was written after
-			// the tracker started, so it is sent again and its
-			// chunk rehashed in a later round.
-			crc, err := e.WriteRunFile(fd, uint64(from), to-from, s.digest.ChunkPageSums(c))
-			if err != nil {
+			// the tracker started, so it is sent again and
+			// rehashed in a later round.
+			if _, err := e.WriteRunFile(fd, uint64(from), to-from, s.digest.ChunkPageSums(c)); err != nil {
 				return err
 			}
-			s.digest.SetChunk(c, crc)
+			s.digest.SetChunkFromPageSums(c)
 			s.sentPgs.Add(uint64(to - from))
 			continue
 		}

@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"hash/crc32"
+	"io"
 	"math/rand/v2"
 	"testing"
 )
@@ -44,4 +45,63 @@ func TestPageSums(t *testing.T) {
 	if pageSum(zeroPage[:]) != 0 {
 		t.Fatal("a zero page's sum is not 0")
 	}
+}
+
+// TestSourceDigestPageByPage: the source's digest as the engine keeps it
+// (bulk pass through WriteRunFile filling the page sums, then UpdatePage
+// on pages after they change) equals a digest of RAM hashed afresh, also
+// over a short last chunk.
+func TestSourceDigestPageByPage(t *testing.T) {
+	const ramBytes = 3*DigestChunkBytes + 5*PageBytes
+	rng := rand.New(rand.NewPCG(7, 8))
+	m, err := NewMemory("test-src-digest", ramBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	pages := m.Pages()
+	for p := range pages {
+		if p%3 != 0 {
+			fillRAM(rng, m.Page(p))
+		}
+	}
+	fd := ramFile(m.Bytes())
+	defer closeRAMFile(fd)
+	d, _ := NewRAMDigest(ramBytes)
+	enc, _ := NewEncoder(io.Discard, EncoderOptions{Compression: CompressAuto})
+	for c := 0; c*chunkPages < pages; c++ {
+		from, to := c*chunkPages, min((c+1)*chunkPages, pages)
+		crc, err := enc.WriteRunFile(fd, uint64(from), to-from, d.ChunkPageSums(c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.SetChunkFromPageSums(c)
+		if want := crc32.Checksum(m.Bytes()[from*PageBytes:to*PageBytes], castagnoli); crc != want {
+			t.Fatalf("chunk %d: WriteRunFile returned %#x, crc32c %#x", c, crc, want)
+		}
+	}
+	for round := range 5 {
+		for range 200 {
+			p := rng.IntN(pages)
+			if rng.IntN(3) == 0 {
+				clear(m.Page(p))
+			} else {
+				m.Page(p)[rng.IntN(PageBytes)] ^= byte(1 + rng.IntN(255))
+			}
+			d.UpdatePage(m.Bytes(), p)
+		}
+		fresh, _ := NewRAMDigest(ramBytes)
+		fresh.UpdateAll(m.Bytes(), 2)
+		if c := d.FirstDifference(fresh); c >= 0 {
+			t.Fatalf("round %d: chunk %d kept page by page differs from RAM's", round, c)
+		}
+	}
+	// A chunk set from a checksum alone has no page sums to update from.
+	d.SetChunk(1, 0)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("UpdatePage on a chunk set by SetChunk did not panic")
+		}
+	}()
+	d.UpdatePage(m.Bytes(), chunkPages+3)
 }
