@@ -146,6 +146,14 @@ type peer struct {
 	// primary's before the resend (recovered extents: most of what a
 	// crash leaves in them is intact, so only what differs is sent).
 	compare []int64
+	// resent marks the regions resent over resentLink and acknowledged:
+	// the peer's copy there is this primary's, so an extent to compare
+	// that lies wholly in them needs no comparison (a new link means the
+	// peer restarted, and nothing it had is vouched for any more).
+	resent     *Bitmap
+	resentLink *link
+	// comparedBytes counts the bytes compared by digests (tests).
+	comparedBytes atomic.Int64
 }
 
 // Primary serves one volume's client I/O on the node that holds its

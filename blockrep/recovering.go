@@ -80,6 +80,14 @@ func (p *Primary) compareExtentList(pe *peer, l *link, es []int64) error {
 	if len(es) == 0 {
 		return nil
 	}
+	// An extent resent whole over this link since the peer's promise
+	// holds what this primary has (client writes since reach both), so
+	// comparing it would only read it twice: after a resync, a crashed
+	// replica's recovered extents are mostly the ones it was just sent.
+	all := es
+	p.mu.Lock()
+	es = slices.DeleteFunc(slices.Clone(es), func(x int64) bool { return p.wholeResent(pe, l, x) })
+	p.mu.Unlock()
 	size, rb := p.Size(), p.cfg.RegionBytes
 	// Extents per request: the span, rounded out to regions at both
 	// ends, must fit one digest request (MaxDigestRegions, a u32 length).
@@ -103,7 +111,7 @@ func (p *Primary) compareExtentList(pe *peer, l *link, es []int64) error {
 	// (the replica restarted and may have recorded the same extents
 	// again) they are compared again.
 	if pe.link == l {
-		pe.compare = slices.DeleteFunc(pe.compare, func(x int64) bool { _, found := slices.BinarySearch(es, x); return found })
+		pe.compare = slices.DeleteFunc(pe.compare, func(x int64) bool { _, found := slices.BinarySearch(all, x); return found })
 	}
 	p.mu.Unlock()
 	return nil

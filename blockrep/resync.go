@@ -343,6 +343,7 @@ func (p *Primary) compareSpan(pe *peer, l *link, off, n int64) error {
 // while the peer takes its own.
 func (p *Primary) compareRange(pe *peer, l *link, off, n int64) error {
 	rb := p.cfg.RegionBytes
+	pe.comparedBytes.Add(n)
 	differ, err := p.differingRegions(l, off, n, p.cfg.PeerTimeout*4)
 	if err != nil {
 		return err
@@ -478,11 +479,43 @@ func (p *Primary) sendMissed(pe *peer, l *link) error {
 				return
 			}
 			pe.resentBytes.Add(n)
+			p.noteResent(pe, l, off, n)
 		}()
 		limiter.wait(n, p.resyncRate())
 	}
 	wg.Wait()
 	return firstErr
+}
+
+// noteResent records that [off, off+n) was resent to pe over l and
+// acknowledged.
+func (p *Primary) noteResent(pe *peer, l *link, off, n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pe.resentLink != l || pe.resent == nil {
+		bm, err := NewBitmap(p.Size(), p.cfg.RegionBytes)
+		if err != nil {
+			return // then nothing is vouched for: every extent is compared
+		}
+		pe.resent, pe.resentLink = bm, l
+	}
+	pe.resent.Mark(off, n)
+}
+
+// wholeResent says whether every region of extent x (rounded out as
+// compared) was resent to pe over l. p.mu held.
+func (p *Primary) wholeResent(pe *peer, l *link, x int64) bool {
+	if pe.resentLink != l || pe.resent == nil {
+		return false
+	}
+	off, n := p.extentSpan(x, x)
+	rb := pe.resent.RegionBytes()
+	for r := off / rb; r*rb < off+n; r++ {
+		if !pe.resent.IsSet(r) {
+			return false
+		}
+	}
+	return n > 0
 }
 
 func (p *Primary) remark(pe *peer, off, n int64) {
