@@ -21,6 +21,8 @@ type migration struct {
 	dstMem   *Memory
 	dstSum   [32]byte // RAM as received, before the destination resumed
 	discards int
+	// hugePages: the destination receives into NewHugeMemory.
+	hugePages bool
 }
 
 func newSynthForTest(t *testing.T, cfg SynthConfig) *SynthGuest {
@@ -70,7 +72,11 @@ func (m *migration) dial(ctx context.Context, streams int) (Conn, error) {
 func (m *migration) destOptions() DestOptions {
 	return DestOptions{
 		PrepareRAM: func(ramBytes int64) ([]byte, error) {
-			mem, err := NewMemory("test-incoming", ramBytes)
+			newMem := NewMemory
+			if m.hugePages {
+				newMem = NewHugeMemory
+			}
+			mem, err := newMem("test-incoming", ramBytes)
 			if err != nil {
 				return nil, err
 			}

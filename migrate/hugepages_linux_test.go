@@ -91,17 +91,8 @@ func TestMigrateHugePages(t *testing.T) {
 			src := newSynthForTest(t, SynthConfig{RAMBytes: 64 << 20, DirtyBytesPerSecond: 20 << 20, Pattern: "hotset",
 				Content: "halfzero", Seed: 9, HugePages: true})
 			m := newMigration(t, tr, src)
+			m.hugePages = true
 			dopts := m.destOptions()
-			dopts.PrepareRAM = func(ramBytes int64) ([]byte, error) {
-				mem, err := NewHugeMemory("test-incoming-huge", ramBytes)
-				if err != nil {
-					return nil, err
-				}
-				m.mu.Lock()
-				m.dstMem = mem
-				m.mu.Unlock()
-				return mem.Bytes(), nil
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			res := m.run(ctx, 4, SourceOptions{Compression: CompressAuto, DowntimeLimit: 300 * time.Millisecond}, dopts)

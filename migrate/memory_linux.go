@@ -54,13 +54,8 @@ func NewMemory(name string, sizeBytes int64) (*Memory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("migrate: memfd_create: %w", err)
 	}
-	if err := unix.Ftruncate(fd, sizeBytes); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("migrate: ftruncate memfd to %d bytes: %w", sizeBytes, err)
-	}
-	m, err := mapMemory(fd, sizeBytes)
+	m, err := sizeAndMap(fd, sizeBytes)
 	if err != nil {
-		unix.Close(fd)
 		return nil, err
 	}
 	return m, nil
@@ -91,13 +86,8 @@ func NewHugeMemory(name string, sizeBytes int64) (*Memory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("migrate: memfd_create on 2 MiB huge pages: %w (does the kernel have hugetlbfs?)", err)
 	}
-	if err := unix.Ftruncate(fd, sizeBytes); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("migrate: ftruncate huge page memfd to %d bytes: %w", sizeBytes, err)
-	}
-	m, err := mapMemory(fd, sizeBytes)
+	m, err := sizeAndMap(fd, sizeBytes)
 	if err != nil {
-		unix.Close(fd)
 		if errors.Is(err, unix.ENOMEM) {
 			return nil, fmt.Errorf("migrate: %d MiB of RAM on huge pages needs %d free 2 MiB pages in the hugetlb pool, and it has fewer (%s; raise it with sysctl vm.nr_hugepages): %w",
 				sizeBytes>>20, sizeBytes/HugePageBytes, hugePoolSummary(), err)
@@ -174,6 +164,20 @@ func hugePoolFree() int64 {
 // HugePages reports whether m is on huge pages (NewHugeMemory).
 func (m *Memory) HugePages() bool { return m.hugePages }
 
+// sizeAndMap sizes a new memfd and maps it; on error it closes fd.
+func sizeAndMap(fd int, sizeBytes int64) (*Memory, error) {
+	if err := unix.Ftruncate(fd, sizeBytes); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("migrate: ftruncate memfd to %d bytes: %w", sizeBytes, err)
+	}
+	m, err := mapMemory(fd, sizeBytes)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return m, nil
+}
+
 // OpenMemory adopts fd, a memfd (or any shmem file) of exactly sizeBytes,
 // for example one received from a VMM over a unix socket. The Memory owns fd
 // from then on: Close closes it. On error fd is left open.
@@ -216,12 +220,7 @@ var mapped = struct {
 // closed meanwhile (writes then go to a discarded file, never to whatever
 // reuses the descriptor number); the caller closes it.
 func ramFile(ram []byte) int {
-	if len(ram) == 0 {
-		return -1
-	}
-	mapped.Lock()
-	m := mapped.m[&ram[0]]
-	mapped.Unlock()
+	m := memoryOf(ram)
 	if m == nil {
 		return -1
 	}
@@ -240,16 +239,20 @@ func ramFile(ram []byte) int {
 // ramFileForWrite is ramFile for pwrite: -1 when the RAM is on hugetlbfs,
 // which has no write(2); the caller then copies through the mapping.
 func ramFileForWrite(ram []byte) int {
-	if len(ram) == 0 {
-		return -1
-	}
-	mapped.Lock()
-	m := mapped.m[&ram[0]]
-	mapped.Unlock()
-	if m == nil || m.hugePages {
+	if m := memoryOf(ram); m == nil || m.hugePages {
 		return -1
 	}
 	return ramFile(ram)
+}
+
+// memoryOf returns the Memory whose primary mapping starts at ram, or nil.
+func memoryOf(ram []byte) *Memory {
+	if len(ram) == 0 {
+		return nil
+	}
+	mapped.Lock()
+	defer mapped.Unlock()
+	return mapped.m[&ram[0]]
 }
 
 // hugetlbfsMagic is HUGETLBFS_MAGIC, statfs's f_type of hugetlbfs.
