@@ -67,14 +67,35 @@ func seedStreams() map[string][]byte {
 
 // FuzzDecodeFrame feeds anything to the decoder: it must return an error
 // or frames, never panic, and never fail with an error of the wrong kind.
+// The input's length picks the decoder's mode, so every seed runs in each
+// (append bytes to change it): fresh RAM that skips zero frames, or RAM
+// holding data with page changes recorded, in which case the digest kept
+// from them must be RAM's after every frame applied without error.
 func FuzzDecodeFrame(f *testing.F) {
 	for _, s := range seedStreams() {
+		// Each seed in every mode: a trailing byte or two is a frame
+		// header cut short, after the seed's frames.
 		f.Add(s)
+		f.Add(append(bytes.Clone(s), 0))
+		f.Add(append(bytes.Clone(s), 0, 0))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dec := NewDecoder(bytes.NewReader(data), fuzzRAMPages)
 		defer dec.Close()
 		ram := make([]byte, fuzzRAMPages*PageBytes)
+		dec.SetTouched(NewBitmap(fuzzRAMPages))
+		var kept *RAMDigest
+		switch len(data) % 3 {
+		case 1:
+			dec.SetSkipZero(true)
+		case 2:
+			for i := range ram {
+				ram[i] = byte(i*7 + i>>12)
+			}
+			kept, _ = NewRAMDigest(int64(len(ram)))
+			kept.UpdateAll(ram, 1)
+			dec.SetPageChanges(true)
+		}
 		var ds DeviceState
 		for range 64 {
 			fr, err := dec.Next()
@@ -86,8 +107,19 @@ func FuzzDecodeFrame(f *testing.F) {
 			}
 			switch fr.Type {
 			case FramePages:
-				if _, err := dec.ApplyPages(fr, ram); err != nil && !errors.Is(err, ErrCorruptFrame) {
-					t.Fatalf("apply: %v", err)
+				if _, err := dec.ApplyPages(fr, ram); err != nil {
+					if !errors.Is(err, ErrCorruptFrame) {
+						t.Fatalf("apply: %v", err)
+					}
+					kept = nil // RAM may hold part of the frame, unrecorded
+				}
+				if kept != nil {
+					dec.TakePageChanges(kept.ApplyChunkChange)
+					fresh, _ := NewRAMDigest(int64(len(ram)))
+					fresh.UpdateAll(ram, 1)
+					if c := kept.FirstDifference(fresh); c >= 0 {
+						t.Fatalf("chunk %d: the digest kept from page changes is not RAM's", c)
+					}
 				}
 			case FrameHello:
 				fr.Hello()
