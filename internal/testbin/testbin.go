@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -83,6 +84,11 @@ func RequireRoot(t testing.TB) {
 // RequireHugePages makes sure the kernel's hugetlb pool has n free 2 MiB
 // pages, growing it (as root) for the test and shrinking it back when the
 // test ends. Where it cannot, the test skips, or fails under CI.
+//
+// Tests that use huge pages hold a lock file for their whole run, one at
+// a time across test processes (go test runs packages in parallel): else
+// one test's cleanup could shrink the pool under another that counted
+// on it.
 func RequireHugePages(t testing.TB, n int) {
 	t.Helper()
 	const knob = "/proc/sys/vm/nr_hugepages"
@@ -90,6 +96,18 @@ func RequireHugePages(t testing.TB, n int) {
 	if os.Getenv("CI") != "" {
 		fail = t.Fatalf
 	}
+	lock, err := os.OpenFile(filepath.Join(os.TempDir(), "paddock-test-hugepages.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		fail("hugetlb pool lock: %v", err)
+		return
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		fail("hugetlb pool lock: %v", err)
+		return
+	}
+	// Registered first, so it runs last: after the pool is restored.
+	t.Cleanup(func() { lock.Close() })
 	free := hugePagesFree()
 	if free >= n {
 		return
