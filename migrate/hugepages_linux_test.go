@@ -13,7 +13,7 @@ import (
 )
 
 func TestHugeMemory(t *testing.T) {
-	testbin.RequireHugePages(t, 4)
+	testbin.RequireHugePages(t, 6)
 	if _, err := NewHugeMemory("bad", 4096); err == nil || !strings.Contains(err.Error(), "multiple of") {
 		t.Fatalf("a 4 KiB huge memory: %v", err)
 	}
@@ -37,6 +37,10 @@ func TestHugeMemory(t *testing.T) {
 	buf := make([]byte, 5)
 	if err := preadFull(fd, buf, HugePageBytes+5); err != nil || string(buf) != "hello" {
 		t.Fatalf("pread of huge page RAM: %q, %v", buf, err)
+	}
+	// Warming touches every free page of the pool (4 MiB are in use here).
+	if n, err := WarmHugePool(); err != nil || n < 4*HugePageBytes {
+		t.Fatalf("WarmHugePool: %d bytes, %v", n, err)
 	}
 	// A pool too small for the request is an error now, not a SIGBUS
 	// when the guest first touches a page.

@@ -143,22 +143,35 @@ func WarmHugePool() (int64, error) {
 	return sizeBytes, nil
 }
 
-// hugePoolFree returns HugePages_Free of /proc/meminfo, or -1.
+// hugePoolFree returns the pages of the hugetlb pool that a new mapping
+// can still reserve (HugePages_Free less HugePages_Rsvd: free counts pages
+// reserved by mappings that have not touched them yet), or -1.
 func hugePoolFree() int64 {
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
 		return -1
 	}
+	free, rsvd := int64(-1), int64(0)
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && f[0] == "HugePages_Free:" {
-			n, err := strconv.ParseInt(f[1], 10, 64)
-			if err != nil {
-				return -1
-			}
-			return n
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "HugePages_Free:":
+			free = n
+		case "HugePages_Rsvd:":
+			rsvd = n
 		}
 	}
-	return -1
+	if free < 0 {
+		return -1
+	}
+	return free - rsvd
 }
 
 // HugePages reports whether m is on huge pages (NewHugeMemory).

@@ -130,19 +130,26 @@ func RequireHugePages(t testing.TB, n int) {
 	}
 }
 
-// hugePagesFree returns HugePages_Free from /proc/meminfo (0 if unknown).
+// hugePagesFree returns the pool's pages a new mapping can still reserve:
+// HugePages_Free less HugePages_Rsvd (0 if unknown).
 func hugePagesFree() int {
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
 		return 0
 	}
+	var free, rsvd int
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && f[0] == "HugePages_Free:" {
+		if f := strings.Fields(line); len(f) == 2 {
 			v, _ := strconv.Atoi(f[1])
-			return v
+			switch f[0] {
+			case "HugePages_Free:":
+				free = v
+			case "HugePages_Rsvd:":
+				rsvd = v
+			}
 		}
 	}
-	return 0
+	return max(0, free-rsvd)
 }
 
 // Proc is a running paddock (or other) process whose stderr is captured.
