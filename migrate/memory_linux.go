@@ -90,7 +90,7 @@ func NewHugeMemory(name string, sizeBytes int64) (*Memory, error) {
 	if err != nil {
 		if errors.Is(err, unix.ENOMEM) {
 			return nil, fmt.Errorf("migrate: %d MiB of RAM on huge pages needs %d free 2 MiB pages in the hugetlb pool, and it has fewer (%s; raise it with sysctl vm.nr_hugepages): %w",
-				sizeBytes>>20, sizeBytes/HugePageBytes, hugePoolSummary(), err)
+				sizeBytes>>20, sizeBytes/HugePageBytes, readHugePool(), err)
 		}
 		return nil, err
 	}
@@ -98,25 +98,49 @@ func NewHugeMemory(name string, sizeBytes int64) (*Memory, error) {
 	return m, nil
 }
 
-// hugePoolSummary reads the pool's counters from /proc/meminfo, for an
-// error message.
-func hugePoolSummary() string {
+// hugePool is the hugetlb pool's counters from /proc/meminfo.
+type hugePool struct {
+	total, free, rsvd int64
+	known             bool
+}
+
+func readHugePool() hugePool {
+	var hp hugePool
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
-		return "pool size unknown"
+		return hp
 	}
-	var parts []string
 	for _, line := range strings.Split(string(b), "\n") {
-		for _, k := range []string{"HugePages_Total:", "HugePages_Free:", "HugePages_Rsvd:"} {
-			if strings.HasPrefix(line, k) {
-				parts = append(parts, strings.Join(strings.Fields(line), " "))
-			}
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "HugePages_Total:":
+			hp.total, hp.known = n, true
+		case "HugePages_Free:":
+			hp.free = n
+		case "HugePages_Rsvd:":
+			hp.rsvd = n
 		}
 	}
-	if len(parts) == 0 {
+	return hp
+}
+
+// available is what a new mapping can still reserve: free counts pages
+// that mappings reserved but have not touched yet.
+func (hp hugePool) available() int64 { return hp.free - hp.rsvd }
+
+// String is for error messages.
+func (hp hugePool) String() string {
+	if !hp.known {
 		return "no hugetlb pool"
 	}
-	return strings.Join(parts, ", ")
+	return fmt.Sprintf("HugePages_Total: %d, HugePages_Free: %d, HugePages_Rsvd: %d", hp.total, hp.free, hp.rsvd)
 }
 
 // WarmHugePool touches every free page of the hugetlb pool once and gives
@@ -127,9 +151,10 @@ func hugePoolSummary() string {
 // this every huge page a guest or a migration takes is a cheap one. What
 // `-mem-prealloc` does for one QEMU guest, once for the pool.
 func WarmHugePool() (int64, error) {
-	free := hugePoolFree()
+	hp := readHugePool()
+	free := hp.available()
 	if free <= 0 {
-		return 0, fmt.Errorf("migrate: the hugetlb pool has no free pages (%s; sysctl vm.nr_hugepages)", hugePoolSummary())
+		return 0, fmt.Errorf("migrate: the hugetlb pool has no free pages (%s; sysctl vm.nr_hugepages)", hp)
 	}
 	sizeBytes := free * HugePageBytes
 	m, err := NewHugeMemory("paddock-warm-pool", sizeBytes)
@@ -141,37 +166,6 @@ func WarmHugePool() (int64, error) {
 		return 0, fmt.Errorf("migrate: touching the hugetlb pool: %w", err)
 	}
 	return sizeBytes, nil
-}
-
-// hugePoolFree returns the pages of the hugetlb pool that a new mapping
-// can still reserve (HugePages_Free less HugePages_Rsvd: free counts pages
-// reserved by mappings that have not touched them yet), or -1.
-func hugePoolFree() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return -1
-	}
-	free, rsvd := int64(-1), int64(0)
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			continue
-		}
-		n, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch f[0] {
-		case "HugePages_Free:":
-			free = n
-		case "HugePages_Rsvd:":
-			rsvd = n
-		}
-	}
-	if free < 0 {
-		return -1
-	}
-	return free - rsvd
 }
 
 // HugePages reports whether m is on huge pages (NewHugeMemory).
