@@ -120,8 +120,8 @@ func (d *Decoder) writeFile(enc Encoding, index uint64, count int, payload []byt
 // written by this decoder alone until the commit (the guest runs there
 // only after it), so the bytes handed to pwrite, or copied through the
 // mapping (RAM without a file to write, such as huge pages), are the
-// bytes RAM holds. Pages a skipped
-// zero frame covers are counted as zero, which fresh RAM is.
+// bytes RAM holds. Pages a skipped zero frame covers are counted as zero,
+// which fresh RAM is.
 func (d *Decoder) ChunkSum(c int) (uint32, bool) {
 	crc, ok := d.sums[c]
 	return crc, ok
@@ -309,8 +309,9 @@ func bytesSum(b []byte) func(i int) uint32 {
 }
 
 // SetTouched makes ApplyPages set in b (ramPages bits) every page it
-// writes: after the bulk pass the destination rehashes only those chunks
-// of its RAM digest, and checks that they belong to the stream.
+// writes: in the bulk pass the destination rehashes only those chunks of
+// its RAM digest, and in every round it checks that they belong to the
+// stream.
 func (d *Decoder) SetTouched(b *Bitmap) { d.touched = b }
 
 // Next reads the next frame.
