@@ -640,15 +640,7 @@ func startWitness(t *testing.T, dir string) (dial func(ctx context.Context) (net
 func TestTwoReplicasWithWitness(t *testing.T) {
 	c := newTestCluster(t, 2, 8<<20)
 	wdial, _ := startWitness(t, filepath.Join(c.baseDir, "witness"))
-	promote := func(id NodeID) (*Primary, error) {
-		c.mu.Lock()
-		n := c.nodes[id]
-		c.mu.Unlock()
-		return Promote(context.Background(), PrimaryConfig{
-			Self: id, VolumeID: testVolume, Replicas: c.ids, Local: n.rep, Dial: c.dialer(id), WitnessDial: wdial,
-			PeerTimeout: 3 * time.Second, ReadLease: 100 * time.Millisecond, OnNoQuorum: IOError, Logger: quietLog(),
-		})
-	}
+	promote := func(id NodeID) (*Primary, error) { return c.promoteWithWitness(id, wdial) }
 	p, err := promote(1)
 	if err != nil {
 		t.Fatal(err)

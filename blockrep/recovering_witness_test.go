@@ -6,7 +6,6 @@ import (
 	"net"
 	"path/filepath"
 	"testing"
-	"time"
 )
 
 // TestRecoveringCandidateWaitsForAbsentSource: two replicas and a
@@ -48,11 +47,5 @@ func TestRecoveringCandidateWaitsForAbsentSource(t *testing.T) {
 // promoteWithWitness promotes node id of a 2-replica cluster with a
 // witness reached through dial (nil: none).
 func (c *testCluster) promoteWithWitness(id NodeID, dial func(context.Context) (net.Conn, error)) (*Primary, error) {
-	c.mu.Lock()
-	n := c.nodes[id]
-	c.mu.Unlock()
-	return Promote(context.Background(), PrimaryConfig{
-		Self: id, VolumeID: testVolume, Replicas: c.ids, Local: n.rep, Dial: c.dialer(id), WitnessDial: dial,
-		PeerTimeout: 3 * time.Second, ReadLease: 100 * time.Millisecond, OnNoQuorum: IOError, Logger: quietLog(),
-	})
+	return c.promoteWith(id, func(cfg *PrimaryConfig) { cfg.WitnessDial = dial })
 }
