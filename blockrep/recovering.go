@@ -99,7 +99,7 @@ func (p *Primary) compareExtentList(pe *peer, l *link, es []int64) error {
 		}
 		if es[i]*ExtentBytes < size {
 			off, n := p.extentSpan(es[i], es[j-1])
-			if err := p.compareSpan(pe, l, off, n); err != nil {
+			if err := p.compareSpan(pe, l, off, n, sumDigests); err != nil {
 				return err
 			}
 		}
@@ -321,7 +321,7 @@ func (p *Primary) fetchExtent(l *link, x int64) (int64, error) {
 	rb := p.cfg.RegionBytes
 	off, n := p.extentSpan(x, x)
 	// One request: an extent is far fewer than MaxDigestRegions regions.
-	differ, err := p.differingRegions(l, off, n, p.cfg.PeerTimeout*2)
+	differ, err := p.differingRegions(l, off, n, p.cfg.PeerTimeout*2, sumDigests)
 	if err != nil {
 		return 0, fmt.Errorf("extent %d: %w", x, err)
 	}

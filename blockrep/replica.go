@@ -293,6 +293,14 @@ func (r *Replica) Digests(off, length, regionBytes int64) ([]uint64, error) {
 	return out, nil
 }
 
+// SumDigests returns one 64-bit digest per region of [off, off+length)
+// computed from the stored block checksums (Store.sumDigests): what a
+// primary compares a returning replica's hot, recovered or discarded
+// extents by. Verify and scrub compare data digests (Digests).
+func (r *Replica) SumDigests(off, length, regionBytes int64) ([]uint64, error) {
+	return r.store.sumDigests(off, length, regionBytes)
+}
+
 // digestReadBytes is what one read of Digests takes at most (whole
 // regions; a region larger than it is read whole).
 const digestReadBytes = 1 << 20
@@ -427,7 +435,12 @@ func (r *Replica) Handle(m *Message) *Message {
 		if !inRange() {
 			return fail(fmt.Errorf("range %d+%d outside the volume (%d bytes)", m.Offset, m.Length, size))
 		}
-		ds, err := r.Digests(int64(m.Offset), int64(m.Length), rb)
+		digests := r.Digests
+		if m.Flags&FlagSums != 0 {
+			digests = r.SumDigests
+			reply.Flags |= FlagSums // says which kind the answer holds
+		}
+		ds, err := digests(int64(m.Offset), int64(m.Length), rb)
 		if err != nil {
 			return fail(err)
 		}

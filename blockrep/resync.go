@@ -292,9 +292,11 @@ func (p *Primary) resync(pe *peer) error {
 	}
 }
 
-// compareDigests marks the regions where the peer's data differs.
+// compareDigests marks the regions where the peer's data differs, by
+// data digests: a full comparison (a blank or discarded copy) is to make
+// the peer's copy this one's byte for byte, a corrupt block included.
 func (p *Primary) compareDigests(pe *peer, l *link) error {
-	return p.compareSpan(pe, l, 0, p.Size())
+	return p.compareSpan(pe, l, 0, p.Size(), dataDigests)
 }
 
 // compareSpan compares [off, off+n) (off on a region) in requests of at
@@ -302,7 +304,7 @@ func (p *Primary) compareDigests(pe *peer, l *link) error {
 // digests one while this node digests another (each request also runs
 // its two sides at once), where one request for the whole span left one
 // side idle while the other worked.
-func (p *Primary) compareSpan(pe *peer, l *link, off, n int64) error {
+func (p *Primary) compareSpan(pe *peer, l *link, off, n int64, kind digestKind) error {
 	rb := p.cfg.RegionBytes
 	step := max(rb, min(compareRequestBytes, rb*MaxDigestRegions, 1<<32-1)/rb*rb)
 	window := make(chan struct{}, compareWindow)
@@ -322,7 +324,7 @@ func (p *Primary) compareSpan(pe *peer, l *link, off, n int64) error {
 		go func(pos int64) {
 			defer wg.Done()
 			defer func() { <-window }()
-			if err := p.compareRange(pe, l, pos, min(step, off+n-pos)); err != nil {
+			if err := p.compareRange(pe, l, pos, min(step, off+n-pos), kind); err != nil {
 				mu.Lock()
 				if firstErr == nil {
 					firstErr = err
@@ -341,10 +343,10 @@ func (p *Primary) compareSpan(pe *peer, l *link, off, n int64) error {
 // region whose digests matched at the two moments they were taken stays
 // equal, and one that did not is resent. This node's digests are taken
 // while the peer takes its own.
-func (p *Primary) compareRange(pe *peer, l *link, off, n int64) error {
+func (p *Primary) compareRange(pe *peer, l *link, off, n int64, kind digestKind) error {
 	rb := p.cfg.RegionBytes
 	pe.comparedBytes.Add(n)
-	differ, err := p.differingRegions(l, off, n, p.cfg.PeerTimeout*4)
+	differ, err := p.differingRegions(l, off, n, p.cfg.PeerTimeout*4, kind)
 	if err != nil {
 		return err
 	}
@@ -356,38 +358,60 @@ func (p *Primary) compareRange(pe *peer, l *link, off, n int64) error {
 	return p.ctx.Err()
 }
 
-// differingRegions asks the peer behind l for the digests of the regions
-// of off+n while this node computes its own, and returns the indexes of
+// digestKind says what a comparison digests.
+type digestKind bool
+
+const (
+	// dataDigests hash the data (Replica.Digests): they see every byte,
+	// and cost both nodes a read of the span.
+	dataDigests digestKind = false
+	// sumDigests hash the stored block checksums (Store.sumDigests), 4
+	// bytes per 4 KiB block: for the extents a restart or a crash names
+	// (hot, recovered), where what differs was left by writes. Silent
+	// corruption under an intact checksum is scrub's to find.
+	sumDigests digestKind = true
+)
+
+// differingRegions asks the peer behind l for the digests of the
+// regions of off+n, takes this node's own, and returns the indexes of
 // the regions that differ.
-func (p *Primary) differingRegions(l *link, off, n int64, timeout time.Duration) ([]int, error) {
+func (p *Primary) differingRegions(l *link, off, n int64, timeout time.Duration, kind digestKind) ([]int, error) {
 	rb := p.cfg.RegionBytes
 	req := &Message{Type: MsgDigest, Volume: p.cfg.VolumeID, From: p.cfg.Self, Epoch: p.epoch,
 		Offset: uint64(off), Length: uint32(n), Payload: binary.BigEndian.AppendUint64(nil, uint64(rb))}
-	type local struct {
+	local := p.cfg.Local.Digests
+	if kind == sumDigests {
+		req.Flags |= FlagSums
+		local = p.cfg.Local.SumDigests
+	}
+	type digests struct {
 		ds  []uint64
 		err error
 	}
-	here := make(chan local, 1)
-	go func() { // while the peer computes its own
-		ds, err := p.cfg.Local.Digests(off, n, rb)
-		here <- local{ds, err}
+	here := make(chan digests, 1)
+	go func() { // while the peer takes its own
+		ds, err := local(off, n, rb)
+		here <- digests{ds, err}
 	}()
 	a, err := l.call(req, timeout)
-	lc := <-here
+	mine := <-here
 	if err != nil {
 		return nil, err
 	}
 	if a.Type != MsgDigestOK {
 		return nil, fmt.Errorf("digests of %d+%d from node %d: %v %s", off, n, a.From, a.Type, truncText(string(a.Payload)))
 	}
-	if lc.err != nil {
-		return nil, lc.err
+	if a.Flags&FlagSums != req.Flags&FlagSums {
+		return nil, fmt.Errorf("node %d answered with the other kind of digests for %d+%d", a.From, off, n)
 	}
-	if len(a.Payload) != 8*len(lc.ds) {
-		return nil, fmt.Errorf("node %d sent %d digests for %d regions", a.From, len(a.Payload)/8, len(lc.ds))
+	if mine.err != nil {
+		return nil, mine.err
+	}
+	if len(a.Payload) != 8*len(mine.ds) {
+		return nil, fmt.Errorf("node %d sent %d digests for %d regions", a.From, len(a.Payload)/8, len(mine.ds))
 	}
 	var differ []int
-	for i, d := range lc.ds {
+	for i, d := range mine.ds {
 		if binary.BigEndian.Uint64(a.Payload[8*i:]) != d {
 			differ = append(differ, i)
 		}

@@ -40,7 +40,7 @@ const (
 	MsgSyncWrite                     // resync data for a replica that is not (yet) a member: only the epoch is checked
 	MsgRead                          // read Length bytes at Offset (repair, forwarding)
 	MsgReadOK                        // payload: the data
-	MsgDigest                        // digests of the regions of [Offset, Offset+Length); payload: region bytes u64
+	MsgDigest                        // digests of the regions of [Offset, Offset+Length) (FlagSums: of their block checksums); payload: region bytes u64
 	MsgDigestOK                      // payload: one u64 digest per region
 	MsgFailed                        // the request failed on the replica (I/O error); payload: the error text
 	MsgVerify                        // check the blocks of [Offset, Offset+Length) against their checksums
@@ -77,6 +77,10 @@ const (
 	// not a complete up-to-date copy. The last Length extents of the
 	// payload are those; Length 0 means the whole volume.
 	FlagRecovering uint8 = 1 << 6
+	// FlagSums on a Digest asks for digests of the stored block
+	// checksums rather than of the data (Store.sumDigests); on a
+	// DigestOK it says the answer holds those.
+	FlagSums uint8 = 1 << 7
 )
 
 const (
@@ -211,7 +215,7 @@ func (m *Message) check() error {
 	if len(m.Members) > maxMembers {
 		return badf("%d members, at most %d", len(m.Members), maxMembers)
 	}
-	if m.Flags&^(FlagFUA|FlagSync|FlagQuery|FlagBlank|FlagReleased|FlagFenced|FlagRecovering) != 0 {
+	if m.Flags&^(FlagFUA|FlagSync|FlagQuery|FlagBlank|FlagReleased|FlagFenced|FlagRecovering|FlagSums) != 0 {
 		return badf("unknown flags %#x", m.Flags)
 	}
 	if lim := payloadLimit(m.Type); len(m.Payload) > lim {
@@ -263,6 +267,9 @@ func (m *Message) check() error {
 	fenceRelease := m.Type == MsgRelease && m.Flags&FlagFenced != 0
 	if m.Flags&FlagFenced != 0 && m.Type != MsgRelease {
 		return badf("%v cannot be a fence release", m.Type)
+	}
+	if m.Flags&FlagSums != 0 && m.Type != MsgDigest && m.Type != MsgDigestOK {
+		return badf("only digests can be of checksums, not %v", m.Type)
 	}
 	if m.Flags&FlagRecovering != 0 && m.Type != MsgPromise {
 		return badf("only a promise can say its replica is recovering, not %v", m.Type)

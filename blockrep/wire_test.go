@@ -41,6 +41,9 @@ func sampleMessages() []*Message {
 		// Writes of whole blocks: Decode checksums them block by block.
 		{Type: MsgSyncWrite, Volume: 7, From: 1, Epoch: 9, Gen: Gen{9, 1}, Seq: 54, Offset: 8192, Length: 2 * BlockBytes, Payload: patterned(2 * BlockBytes)},
 		{Type: MsgWrite, Volume: 7, From: 1, Epoch: 9, Gen: Gen{9, 1}, Seq: 55, Offset: 0, Length: BlockBytes, Payload: patterned(BlockBytes)},
+		// Digests of the block checksums.
+		{Type: MsgDigest, Flags: FlagSums, Volume: 7, From: 1, Epoch: 9, Seq: 56, Offset: 0, Length: 1 << 20, Payload: []byte{0, 0, 0, 0, 0, 1, 0, 0}},
+		{Type: MsgDigestOK, Flags: FlagSums, Volume: 7, From: 2, Epoch: 9, Seq: 56, Payload: make([]byte, 16)},
 	}
 }
 
@@ -146,6 +149,8 @@ func TestWireRefusesMalformed(t *testing.T) {
 		{Type: MsgResolve, Epoch: 1, Payload: []byte{1, 2, 3}},
 		{Type: MsgResolve, Epoch: 1, Payload: make([]byte, 8*(maxRecoveredExtents+1))},
 		{Type: MsgResolve},
+		{Type: MsgRead, Epoch: 1, Length: 4096, Flags: FlagSums},
+		{Type: MsgVerify, Epoch: 1, Length: 4096, Flags: FlagSums},
 	}
 	for i, m := range bad {
 		if _, err := Encode(nil, m); !errors.Is(err, ErrBadMessage) {

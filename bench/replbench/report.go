@@ -218,7 +218,7 @@ func (r *Report) resyncMarkdown(b *strings.Builder) {
 			ok = append(ok, t)
 		}
 	}
-	p("Resync: a 3-replica volume of %s; in every repetition n3 is killed with `kill -9`, fio writes %s (1 MiB sequential writes, QD16) through the primary on n1 into one half of the volume (the halves in turn), n3 is restarted and `volume status` is polled every %v until every replica is UpToDate. The halves alternate so that, from the second trial on, n3's activity log holds extents outside what it missed (those the previous resync wrote): a resend of them would show in the ratio. %d of %d trials succeeded.\n\n",
+	p("Resync: a 3-replica volume of %s, written whole once before the trials; in every repetition n3 is killed with `kill -9`, fio writes %s (1 MiB sequential writes, QD16) through the primary on n1 into one half of the volume (the halves in turn), n3 is restarted and `volume status` is polled every %v until every replica is UpToDate. Every extent of the volume is in n3's activity log, so each restart names the half n3 did not miss for a comparison too: a resend of it would show in the ratio. %d of %d trials succeeded.\n\n",
 		humanMiB(2*r.ResyncBytes), humanMiB(r.ResyncBytes), resyncPollStep, len(ok), len(r.Resync))
 	for i, t := range r.Resync {
 		if t.Err != "" {
