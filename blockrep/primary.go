@@ -132,6 +132,10 @@ type peer struct {
 	resentBytes atomic.Int64
 	missedBytes atomic.Int64
 	syncStarted time.Time
+	// syncResentFrom is resentBytes when the resync began (startSync);
+	// lastSync what the last finished one took (status).
+	syncResentFrom int64
+	lastSync       lastResync
 	// dialing: a background dial runs.
 	dialing bool
 	// rate samples resentBytes for the resync rate shown in status.
@@ -211,6 +215,12 @@ type PeerStatus struct {
 	ResentBytes      int64  `json:"resent_bytes"`
 	MissedBytes      int64  `json:"missed_bytes"`
 	ResyncStartedAgo string `json:"resync_started_ago,omitempty"`
+	// The last resync that brought the peer back into the generation:
+	// how long it took (from its start to the return), what it resent,
+	// and how long ago it ended.
+	LastResyncSeconds     float64 `json:"last_resync_seconds,omitempty"`
+	LastResyncResentBytes int64   `json:"last_resync_resent_bytes,omitempty"`
+	LastResyncEndedAgo    string  `json:"last_resync_ended_ago,omitempty"`
 	// ResyncBytesPerSecond is the resync rate over the last few seconds
 	// and ResyncETASeconds the time left at that rate (0: not known).
 	ResyncBytesPerSecond int64   `json:"resync_bytes_per_second,omitempty"`
@@ -256,6 +266,11 @@ func (p *Primary) Status() PrimaryStatus {
 		}
 		if pe.state == PeerSyncing && !pe.syncStarted.IsZero() {
 			ps.ResyncStartedAgo = time.Since(pe.syncStarted).Round(time.Millisecond).String()
+		}
+		if !pe.lastSync.endedAt.IsZero() {
+			ps.LastResyncSeconds = pe.lastSync.took.Seconds()
+			ps.LastResyncResentBytes = pe.lastSync.resentBytes
+			ps.LastResyncEndedAgo = time.Since(pe.lastSync.endedAt).Round(time.Millisecond).String()
 		}
 		if pe.resyncing || pe.state == PeerSyncing {
 			ps.ResyncBytesPerSecond = pe.rate.observe(time.Now(), ps.ResentBytes)
@@ -417,7 +432,8 @@ func Promote(ctx context.Context, cfg PrimaryConfig) (*Primary, error) {
 		case slices.Contains(d.Members, id):
 			pe.state, pe.digest = PeerMember, false
 		default:
-			pe.state, pe.syncStarted = PeerSyncing, time.Now()
+			pe.state = PeerSyncing
+			pe.startSync()
 			if slices.Contains(complete, id) {
 				// A member of the newest set that is recovering:
 				// like a member it differs only in the extents

@@ -265,6 +265,13 @@ func TestPrimaryMirrorsAndResyncsOnlyWhatWasMissed(t *testing.T) {
 	for _, ps := range st.Peers {
 		if ps.Node == 3 {
 			resent = ps.ResentBytes
+			// Status reports the resync that brought it back.
+			if ps.LastResyncResentBytes != resent || ps.LastResyncSeconds <= 0 || ps.LastResyncEndedAgo == "" {
+				t.Fatalf("last resync %v s, %d bytes, ended %q ago; resent %d", ps.LastResyncSeconds, ps.LastResyncResentBytes, ps.LastResyncEndedAgo, resent)
+			}
+		}
+		if ps.Node == 2 && ps.LastResyncEndedAgo != "" {
+			t.Fatalf("node 2 never resynced, yet status shows a last resync: %+v", ps)
 		}
 	}
 	if resent == 0 || float64(resent) > 1.25*float64(missed) {

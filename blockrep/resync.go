@@ -173,7 +173,7 @@ func (p *Primary) rejoin(pe *peer) {
 		pe.state = PeerMember
 	} else {
 		pe.state = PeerSyncing
-		pe.syncStarted = time.Now()
+		pe.startSync()
 	}
 	p.log.Info("replica is back", "replica", pe.id, "state", pe.state, "out_of_sync_bytes", pe.missed.Count()*pe.missed.RegionBytes(), "compare_digests", pe.digest)
 }
@@ -281,7 +281,9 @@ func (p *Primary) resync(pe *peer) error {
 		if err == nil {
 			p.mu.Lock()
 			pe.state = PeerMember
-			took := time.Since(pe.syncStarted)
+			now := time.Now()
+			pe.lastSync = lastResync{took: now.Sub(pe.syncStarted), resentBytes: pe.resentBytes.Load() - pe.syncResentFrom, endedAt: now}
+			took := pe.lastSync.took
 			p.mu.Unlock()
 			p.log.Info("replica caught up and rejoined the generation", "replica", pe.id, "generation", g,
 				"resent_bytes", pe.resentBytes.Load(), "took", took.Round(time.Millisecond))
@@ -589,6 +591,20 @@ func (r *rateLimiter) wait(n, bytesPerSecond int64) {
 	}
 }
 
+// lastResync is what the last resync of a peer that returned to the
+// generation took.
+type lastResync struct {
+	took        time.Duration
+	resentBytes int64
+	endedAt     time.Time
+}
+
+// startSync marks the start of a peer's resync (p.mu held).
+func (pe *peer) startSync() {
+	pe.syncStarted = time.Now()
+	pe.syncResentFrom = pe.resentBytes.Load()
+}
+
 // Discard throws away a replica's data (DRBD's --discard-my-data, from
 // the primary's side): the replica leaves the generation, so it can no
 // longer become primary, and is compared region by region and overwritten
@@ -607,7 +623,7 @@ func (p *Primary) Discard(id NodeID) error {
 	member := slices.Contains(p.members, id)
 	if pe.state == PeerMember {
 		pe.state = PeerSyncing
-		pe.syncStarted = time.Now()
+		pe.startSync()
 	}
 	p.mu.Unlock()
 	if member {

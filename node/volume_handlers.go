@@ -91,7 +91,12 @@ type ReplicaRow struct {
 	// at that rate, as the primary sees them.
 	ResyncBytesPerSecond int64   `json:"resync_bytes_per_second,omitempty"`
 	ResyncETASeconds     float64 `json:"resync_eta_seconds,omitempty"`
-	Detail               string  `json:"detail,omitempty"`
+	// The last resync that brought it back into the generation, as the
+	// serving primary saw it (blockrep.PeerStatus).
+	LastResyncSeconds     float64 `json:"last_resync_seconds,omitempty"`
+	LastResyncResentBytes int64   `json:"last_resync_resent_bytes,omitempty"`
+	LastResyncEndedAgo    string  `json:"last_resync_ended_ago,omitempty"`
+	Detail                string  `json:"detail,omitempty"`
 }
 
 // VolumeStatus is the reply of GET /v1/volumes/{name}.
@@ -410,6 +415,7 @@ func replicaRows(v VolumeConfig, reports []ReplicaReport, rows *[]ReplicaRow) (s
 				}
 				row.OutOfSyncBytes, row.ResentBytes = ps.OutOfSyncBytes, ps.ResentBytes
 				row.ResyncBytesPerSecond, row.ResyncETASeconds = ps.ResyncBytesPerSecond, ps.ResyncETASeconds
+				row.LastResyncSeconds, row.LastResyncResentBytes, row.LastResyncEndedAgo = ps.LastResyncSeconds, ps.LastResyncResentBytes, ps.LastResyncEndedAgo
 				switch {
 				case ps.State == blockrep.PeerMember && ps.OutOfSyncBytes == 0:
 					row.State = "UpToDate"

@@ -446,11 +446,16 @@ func (b *bench) resyncTrial(ctx context.Context, trial int) ResyncTrial {
 				tr.ResentBytes = pv.ResentBytes - before.ResentBytes
 				tr.RestartToUpToDateSeconds = end.Sub(restart).Seconds()
 				tr.TransferSeconds = end.Sub(lastNothingSent).Seconds()
-				if !syncStart.IsZero() {
-					tr.SyncingSeconds = end.Sub(syncStart).Seconds()
-				}
-				if took, ok := resyncTookFromLog(n1.LogPath(), resyncVolume, logFrom); ok {
+				// The primary's own clock, in order of precision: its
+				// status's last resync (this one if it ended after the
+				// restart), its log (at info level), the polls.
+				switch took, ok := resyncTookFromLog(n1.LogPath(), resyncVolume, logFrom); {
+				case pv.LastResyncEndedAgo > 0 && pv.LastResyncEndedAgo < time.Since(restart):
+					tr.SyncingSeconds = pv.LastResync.Seconds()
+				case ok:
 					tr.SyncingSeconds = took.Seconds()
+				case !syncStart.IsZero():
+					tr.SyncingSeconds = end.Sub(syncStart).Seconds()
 				}
 				return tr
 			}

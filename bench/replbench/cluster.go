@@ -329,6 +329,10 @@ func PrimaryPeer(st node.VolumeStatus, peer *Node) *PeerView {
 					if p.ResyncStartedAgo != "" {
 						pv.SyncingFor, _ = time.ParseDuration(p.ResyncStartedAgo)
 					}
+					if p.LastResyncEndedAgo != "" {
+						pv.LastResyncEndedAgo, _ = time.ParseDuration(p.LastResyncEndedAgo)
+						pv.LastResync = time.Duration(p.LastResyncSeconds * float64(time.Second))
+					}
 					return &pv
 				}
 			}
@@ -345,6 +349,10 @@ type PeerView struct {
 	MissedBytes    int64
 	// SyncingFor is how long the peer has been resyncing (0 when not).
 	SyncingFor time.Duration
+	// LastResync is what the last finished resync took, from its start
+	// to the peer's return to the generation, LastResyncEndedAgo how
+	// long ago that return was (0: none yet).
+	LastResync, LastResyncEndedAgo time.Duration
 }
 
 // WaitUpToDate polls a volume's status on node n until UpToDate; each

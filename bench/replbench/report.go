@@ -269,7 +269,7 @@ func (r *Report) resyncMarkdown(b *strings.Builder) {
 	}
 	stat("resync rate (resent / time Syncing)", "MB/s", syncRate, rate(syncRate))
 	stat("transfer rate (resent / first resent byte to UpToDate)", "MB/s", xferRate, "")
-	stat("time Syncing (the primary's log: resync start to the replica's return to the generation)", "s", func(t ResyncTrial) float64 { return t.SyncingSeconds }, "")
+	stat("time Syncing (the primary's status: resync start to the replica's return to the generation)", "s", func(t ResyncTrial) float64 { return t.SyncingSeconds }, "")
 	stat("restart of n3 to UpToDate", "s", func(t ResyncTrial) float64 { return t.RestartToUpToDateSeconds }, "")
 	stat("bytes missed by n3", "MiB", func(t ResyncTrial) float64 { return float64(t.MissedBytes) / (1 << 20) }, "")
 	stat("bytes resent to n3", "MiB", func(t ResyncTrial) float64 { return float64(t.ResentBytes) / (1 << 20) }, "")

@@ -320,10 +320,32 @@ func printVolumeStatus(st node.VolumeStatus) {
 			rate = humanBytes(r.ResyncBytesPerSecond) + "/s"
 			eta = (time.Duration(r.ResyncETASeconds * float64(time.Second))).Round(100 * time.Millisecond).String()
 		}
+		detail := r.Detail
+		if detail == "" && r.State == "UpToDate" && r.LastResyncEndedAgo != "" {
+			detail = lastResyncDetail(r)
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.Role, r.State, r.Epoch, r.Generation,
-			humanBytes(r.OutOfSyncBytes), humanBytes(r.ResentBytes), rate, eta, r.Detail)
+			humanBytes(r.OutOfSyncBytes), humanBytes(r.ResentBytes), rate, eta, detail)
 	}
 	tw.Flush()
+}
+
+// lastResyncDetail describes an up-to-date replica's last resync: "last
+// resync: 256 MiB in 410ms (655 MB/s), 2m3s ago".
+func lastResyncDetail(r node.ReplicaRow) string {
+	took := time.Duration(r.LastResyncSeconds * float64(time.Second))
+	out := fmt.Sprintf("last resync: %s in %s", humanBytes(r.LastResyncResentBytes), took.Round(time.Millisecond))
+	if r.LastResyncSeconds > 0 && r.LastResyncResentBytes > 0 {
+		out += fmt.Sprintf(" (%s/s)", humanBytes(int64(float64(r.LastResyncResentBytes)/r.LastResyncSeconds)))
+	}
+	if ago, err := time.ParseDuration(r.LastResyncEndedAgo); err == nil {
+		if ago = ago.Round(time.Second); ago > 0 {
+			out += ", " + ago.String() + " ago"
+		} else {
+			out += ", just now"
+		}
+	}
+	return out
 }
 
 // volumeUpToDate says whether every replica of a status is UpToDate.

@@ -172,6 +172,10 @@ func TestVolumeSecondaryKilledUnderFio(t *testing.T) {
 	if !strings.Contains(last, "RATE") || !strings.Contains(last, "ETA") || strings.Count(last, "UpToDate") != 3 {
 		t.Fatalf("volume status --watch ended before every replica was UpToDate, or lacks RATE/ETA:\n%s", watched)
 	}
+	// The replica that resynced says so once it is up to date.
+	if !strings.Contains(last, "last resync: ") {
+		t.Fatalf("volume status does not show n3's last resync:\n%s", last)
+	}
 	st = nodes[1].waitUpToDate(t, "vm", 60*time.Second)
 	var prim *node.ReplicaReport
 	for i := range st.Reports {
