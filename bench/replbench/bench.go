@@ -113,7 +113,8 @@ type ResyncTrial struct {
 	// resync_started_ago) to UpToDate: what "volume status" shows.
 	SyncingSeconds float64 `json:"syncing_seconds"`
 	// TransferSeconds is from the last status that showed nothing
-	// resent yet to UpToDate: the data transfer alone.
+	// resent yet to UpToDate: the data transfer alone, as 100 ms polls
+	// see it (JSON only; the time Syncing is the primary's own clock).
 	TransferSeconds float64 `json:"transfer_seconds"`
 	Err             string  `json:"error,omitempty"`
 }

@@ -256,7 +256,6 @@ func (r *Report) resyncMarkdown(b *strings.Builder) {
 		return "≥ 500 MB/s: **missed**"
 	}
 	syncRate := func(t ResyncTrial) float64 { return t.SyncingBytesPerSecond() / 1e6 }
-	xferRate := func(t ResyncTrial) float64 { return t.TransferBytesPerSecond() / 1e6 }
 	ratio := func(t ResyncTrial) float64 { return t.ResentRatio() }
 	var rs []float64
 	for _, t := range ok {
@@ -268,7 +267,6 @@ func (r *Report) resyncMarkdown(b *strings.Builder) {
 		ratioGoal = "≤ 1.25: **missed**"
 	}
 	stat("resync rate (resent / time Syncing)", "MB/s", syncRate, rate(syncRate))
-	stat("transfer rate (resent / first resent byte to UpToDate)", "MB/s", xferRate, "")
 	stat("time Syncing (the primary's status: resync start to the replica's return to the generation)", "s", func(t ResyncTrial) float64 { return t.SyncingSeconds }, "")
 	stat("restart of n3 to UpToDate", "s", func(t ResyncTrial) float64 { return t.RestartToUpToDateSeconds }, "")
 	stat("bytes missed by n3", "MiB", func(t ResyncTrial) float64 { return float64(t.MissedBytes) / (1 << 20) }, "")
