@@ -58,6 +58,9 @@ type activityLog struct {
 	// extents are hot already.
 	rewrite bool
 	updates int64 // log writes, for metrics and tests
+	// touches counts writes begun (touch), so that a clean record can
+	// refuse to cover a write that began after the flush it stands on.
+	touches uint64
 }
 
 type alRecord struct {
@@ -199,6 +202,7 @@ func (al *activityLog) touch(off, length int64) error {
 	first, last := off/ExtentBytes, (off+length-1)/ExtentBytes
 	al.mu.Lock()
 	defer al.mu.Unlock()
+	al.touches++
 	changed := false
 	for e := first; e <= last; e++ {
 		al.tick++
@@ -277,12 +281,21 @@ func (al *activityLog) evict() (bool, error) {
 // to re-verify after the next start. The hot extents stay named in the
 // record (and hot after the next start): consistent on this disk, they
 // may still differ from another copy where a crashed primary's write in
-// flight reached one and not the other. With a write still in flight the
-// record is not clean.
-func (al *activityLog) markClean() error {
+// flight reached one and not the other. since is touchCount from before
+// that flush began: a write begun after it (in flight, or done but maybe
+// not durable) leaves the record not clean, so its extent is re-verified
+// after a crash.
+func (al *activityLog) markClean(since uint64) error {
 	al.mu.Lock()
 	defer al.mu.Unlock()
-	return al.write(len(al.busy) == 0)
+	return al.write(len(al.busy) == 0 && al.touches == since)
+}
+
+// touchCount is the number of writes begun so far (markClean).
+func (al *activityLog) touchCount() uint64 {
+	al.mu.Lock()
+	defer al.mu.Unlock()
+	return al.touches
 }
 
 func (al *activityLog) close() error { return al.f.Close() }

@@ -836,6 +836,7 @@ func (p *Primary) Cache(off, length int64) error { return nil }
 // WriteAt implements nbd.Backend: the write reaches every member and a
 // quorum of the replicas under this primary's epoch before it returns.
 func (p *Primary) WriteAt(b []byte, off int64, fua bool) error {
+	p.repairEdges(off, int64(len(b)))
 	return p.acked(p.replicate(off, int64(len(b)), fua, func(e Epoch, g Gen, sync bool) (*Refusal, error) {
 		return p.cfg.Local.Write(e, g, sync, b, off, fua)
 	}, func(sync bool) *Message {
@@ -867,6 +868,7 @@ func (p *Primary) Zero(off, length int64, noHole, fast, fua bool) error {
 	if length <= 0 {
 		return nil
 	}
+	p.repairEdges(off, length)
 	for pos := off; pos < off+length; pos += MaxPayloadBytes {
 		n := min(MaxPayloadBytes, off+length-pos)
 		err := p.replicate(pos, n, fua, func(e Epoch, g Gen, sync bool) (*Refusal, error) {
@@ -1215,6 +1217,31 @@ func (p *Primary) confirm() error {
 		return nil
 	}
 	return p.Flush()
+}
+
+// repairEdges repairs from a replica the blocks that a write of
+// [off, off+length) covers only in part and that fail their checksum
+// here: the store refuses to merge a write into such a block
+// (Store.writeLockedSums), and the write would fail. Best effort: a block
+// no replica can supply fails the write as it would have.
+func (p *Primary) repairEdges(off, length int64) {
+	if length <= 0 || (off%BlockBytes == 0 && (off+length)%BlockBytes == 0) {
+		return
+	}
+	for _, blk := range []int64{off / BlockBytes, (off + length - 1) / BlockBytes} {
+		start := blk * BlockBytes
+		if start >= off && start+BlockBytes <= off+length {
+			continue // whole
+		}
+		if bad, err := p.Store().VerifyBlocks(start, BlockBytes); err == nil && len(bad) > 0 {
+			if _, err := p.repairBlock(blk); err != nil {
+				p.log.Warn("a block a write covers in part is corrupt here and no replica could supply it", "block", blk, "err", err)
+			}
+		}
+		if off/BlockBytes == (off+length-1)/BlockBytes {
+			return // one block
+		}
+	}
 }
 
 // repairBlock reads a block from a member whose copy passes its checksum,

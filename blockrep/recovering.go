@@ -199,7 +199,12 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 	start := time.Now()
 	extents := own.extents
 	nExtents := (p.Size() + ExtentBytes - 1) / ExtentBytes
+	// The extents a crash named were re-verified when the store opened,
+	// so their checksums stand for their data. "The whole volume" means
+	// that record was lost: compare the data itself.
+	kind := sumDigests
 	if own.whole {
+		kind = dataDigests
 		extents = make([]int64, 0, nExtents)
 		for x := int64(0); x < nExtents; x++ {
 			extents = append(extents, x)
@@ -218,7 +223,7 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 		go func() {
 			defer wg.Done()
 			for x := range next {
-				n, err := p.fetchFromSources(x, members, rec)
+				n, err := p.fetchFromSources(x, members, rec, kind)
 				mu.Lock()
 				switch {
 				case errors.Is(err, errNoSource):
@@ -272,7 +277,7 @@ var errNoSource = errors.New("every member of the newest generation is recoverin
 
 // fetchFromSources brings extent x up to date from the first member
 // (reachable, not recovering x) that can supply it.
-func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]recoveredInfo) (int64, error) {
+func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]recoveredInfo, kind digestKind) (int64, error) {
 	var sources []*link
 	var unreached []NodeID // data members that may hold x's acknowledged writes
 	p.mu.Lock()
@@ -304,7 +309,7 @@ func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]rec
 	}
 	var lastErr error
 	for _, l := range sources {
-		n, err := p.fetchExtent(l, x)
+		n, err := p.fetchExtent(l, x, kind)
 		if err == nil {
 			return n, nil
 		}
@@ -317,11 +322,11 @@ func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]rec
 
 // fetchExtent makes one extent here equal to the copy behind l: digests
 // first, then the regions that differ. It returns the bytes fetched.
-func (p *Primary) fetchExtent(l *link, x int64) (int64, error) {
+func (p *Primary) fetchExtent(l *link, x int64, kind digestKind) (int64, error) {
 	rb := p.cfg.RegionBytes
 	off, n := p.extentSpan(x, x)
 	// One request: an extent is far fewer than MaxDigestRegions regions.
-	differ, err := p.differingRegions(l, off, n, p.cfg.PeerTimeout*2, sumDigests)
+	differ, err := p.differingRegions(l, off, n, p.cfg.PeerTimeout*2, kind)
 	if err != nil {
 		return 0, fmt.Errorf("extent %d: %w", x, err)
 	}

@@ -295,8 +295,9 @@ func (r *Replica) Digests(off, length, regionBytes int64) ([]uint64, error) {
 
 // SumDigests returns one 64-bit digest per region of [off, off+length)
 // computed from the stored block checksums (Store.sumDigests): what a
-// primary compares a returning replica's hot, recovered or discarded
-// extents by. Verify and scrub compare data digests (Digests).
+// primary compares a returning replica's hot and recovered extents by.
+// Full comparisons (a blank or discarded copy), verify and scrub compare
+// data digests (Digests).
 func (r *Replica) SumDigests(off, length, regionBytes int64) ([]uint64, error) {
 	return r.store.sumDigests(off, length, regionBytes)
 }
@@ -438,13 +439,13 @@ func (r *Replica) Handle(m *Message) *Message {
 		digests := r.Digests
 		if m.Flags&FlagSums != 0 {
 			digests = r.SumDigests
-			reply.Flags |= FlagSums // says which kind the answer holds
 		}
 		ds, err := digests(int64(m.Offset), int64(m.Length), rb)
 		if err != nil {
 			return fail(err)
 		}
 		reply.Type = MsgDigestOK
+		reply.Flags |= m.Flags & FlagSums // which kind the answer holds
 		for _, d := range ds {
 			reply.Payload = binary.BigEndian.AppendUint64(reply.Payload, d)
 		}

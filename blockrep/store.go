@@ -103,8 +103,9 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 	var dirty []int64
 	s.al, dirty, err = openActivityLog(filepath.Join(dir, "activity"), o.ALExtents, s.syncFiles)
 	if err != nil {
-		// Without a log we cannot know what a crash touched: recompute
-		// every checksum rather than report false corruption.
+		// Without a log we cannot know what a crash touched: the
+		// replica is not opened (the node logs why) rather than serve
+		// checksums that may not match the data.
 		s.closeFiles()
 		return nil, err
 	}
@@ -126,7 +127,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 			s.abandonOpen()
 			return nil, err
 		}
-		if err := s.al.markClean(); err != nil {
+		if err := s.al.markClean(s.al.touchCount()); err != nil { // nothing writes during the open
 			s.abandonOpen()
 			return nil, err
 		}
@@ -323,34 +324,55 @@ func (s *Store) writeLocked(p []byte, off int64) error { return s.writeLockedSum
 func (s *Store) writeLockedSums(p []byte, blockSums []uint32, off int64) error {
 	n := int64(len(p))
 	first, last := off/BlockBytes, (off+n-1)/BlockBytes
-	if err := pwrite(s.data, p, off); err != nil {
-		return err
-	}
 	sums := make([]byte, (last-first+1)*sumBytes)
 	if blockSums != nil {
+		if err := pwrite(s.data, p, off); err != nil {
+			return err
+		}
 		for i, c := range blockSums {
 			putSum(sums[i*sumBytes:], c)
 		}
 		return pwrite(s.sums, sums, first*sumBytes)
 	}
+	// A block the write covers in part keeps the rest of its bytes from
+	// the disk: they are checked against their checksum first, or the
+	// new checksum would vouch for bytes that went bad here (a corrupt
+	// block that a read would have repaired from a replica would pass
+	// as good from then on). The stripe lock keeps the block stable.
 	var block []byte
+	for _, b := range []int64{first, last} {
+		start := b * BlockBytes
+		if start >= off && start+BlockBytes <= off+n {
+			continue // whole
+		}
+		if b == last && last == first && block != nil {
+			break // one block, merged already
+		}
+		if block == nil {
+			block = make([]byte, BlockBytes)
+		}
+		if err := pread(s.data, block, start); err != nil {
+			return err
+		}
+		var stored [sumBytes]byte
+		if err := pread(s.sums, stored[:], b*sumBytes); err != nil {
+			return err
+		}
+		if !sumMatches(getSum(stored[:]), blockSum(block)) {
+			return &ChecksumError{Blocks: []int64{b}}
+		}
+		lo, hi := max(start, off), min(start+BlockBytes, off+n)
+		copy(block[lo-start:], p[lo-off:hi-off])
+		putSum(sums[(b-first)*sumBytes:], blockSum(block))
+	}
+	if err := pwrite(s.data, p, off); err != nil {
+		return err
+	}
 	for b := first; b <= last; b++ {
 		start := b * BlockBytes
-		var data []byte
 		if start >= off && start+BlockBytes <= off+n {
-			data = p[start-off : start-off+BlockBytes]
-		} else {
-			// A partial block: checksum what is on disk now (the
-			// stripe lock keeps it stable).
-			if block == nil {
-				block = make([]byte, BlockBytes)
-			}
-			if err := pread(s.data, block, start); err != nil {
-				return err
-			}
-			data = block
+			putSum(sums[(b-first)*sumBytes:], blockSum(p[start-off:start-off+BlockBytes]))
 		}
-		putSum(sums[(b-first)*sumBytes:], blockSum(data))
 	}
 	return pwrite(s.sums, sums, first*sumBytes)
 }
@@ -441,9 +463,13 @@ func (s *Store) VerifyBlocks(off, length int64) ([]int64, error) {
 // Close flushes, records a clean shutdown (the hot extents stay named,
 // activitylog.go), and closes the files.
 func (s *Store) Close() error {
+	// A write may still be on its way in (a peer message being handled
+	// while the node stops): one begun after this count is not covered
+	// by the flush below, and the record then stays dirty.
+	since := s.al.touchCount()
 	err := s.syncFiles()
 	if err == nil {
-		err = s.al.markClean()
+		err = s.al.markClean(since)
 	}
 	s.al.close()
 	s.closeFiles()
@@ -464,20 +490,24 @@ func (s *Store) Dir() string { return s.dir }
 // sumDigests returns one 64-bit digest per region of [off, off+length)
 // computed from the stored block checksums instead of the data: the
 // xxhash64 of the region's crc32c values (little endian, 4 bytes each, a
-// never-written block's 0 taken as the crc32c of a zero block, so a
-// punched, a zero-written and a never-written block agree). It reads
-// 4 bytes per 4 KiB block, so comparing a restarted replica's hot
+// stored 0 resolved by resolveZeroSums, so a punched, a zero-written and
+// a never-written block agree). It reads 4 bytes per 4 KiB block, so comparing a restarted replica's hot
 // extents costs almost nothing on either node, where reading and hashing
 // the data cost both nodes a pass over it while a resync ran.
 //
 // It stands for the data as far as the stored checksums do: a block's
-// data and checksum change together under its stripe lock, and after a
-// crash the extents that a write may have left torn were re-verified
-// (checksums recomputed from the data) when the store opened. What it
+// data and checksum change together under its stripe lock (a write that
+// covers a block in part checks the rest against the checksum first);
+// after a crash, the extents that a write may have left torn were
+// re-verified (checksums recomputed from the data) when the store opened;
+// a clean record never covers a write begun after its flush. What it
 // cannot see is silent corruption of data under an intact checksum: that
-// is what scrub and verify (data digests) are for. Two blocks that
-// differ with the same crc32c go unseen with probability 2^-32 each
-// (DRBD's csums-alg and verify-alg allow crc32c for the same job).
+// is what scrub and verify (data digests) are for. Two blocks that differ
+// with the same crc32c go unseen with probability 2^-32 each (DRBD's
+// csums-alg and verify-alg allow crc32c for the same job), and a guest
+// can write such a pair on purpose (crc32c is linear). What that buys it
+// is a write of its own that a crashed replica lost staying lost on that
+// copy, found by the next scrub; no other volume's data is involved.
 func (s *Store) sumDigests(off, length, regionBytes int64) ([]uint64, error) {
 	if regionBytes < BlockBytes || regionBytes%BlockBytes != 0 || off%regionBytes != 0 {
 		return nil, fmt.Errorf("checksum digest of %d+%d in regions of %d: not aligned", off, length, regionBytes)
@@ -492,17 +522,12 @@ func (s *Store) sumDigests(off, length, regionBytes int64) ([]uint64, error) {
 	blocks := (length + BlockBytes - 1) / BlockBytes
 	sums := make([]byte, blocks*sumBytes)
 	unlock := s.lockRange(off, length, false)
-	err := pread(s.sums, sums, first*sumBytes)
-	unlock()
-	if err != nil {
+	defer unlock()
+	if err := pread(s.sums, sums, first*sumBytes); err != nil {
 		return nil, err
 	}
-	var zero [sumBytes]byte
-	putSum(zero[:], zeroBlockSum)
-	for i := 0; i < len(sums); i += sumBytes {
-		if getSum(sums[i:]) == 0 {
-			copy(sums[i:], zero[:])
-		}
+	if err := s.resolveZeroSums(sums, first); err != nil {
+		return nil, err
 	}
 	perRegion := regionBytes / BlockBytes * sumBytes
 	out := make([]uint64, 0, (length+regionBytes-1)/regionBytes)
@@ -511,3 +536,69 @@ func (s *Store) sumDigests(off, length, regionBytes int64) ([]uint64, error) {
 	}
 	return out, nil
 }
+
+// resolveZeroSums replaces each stored 0 in sums (the checksums of the
+// blocks from first on, in file order) with the crc32c of what that block
+// holds. A stored 0 is ambiguous: "never written" or punched (the block
+// reads as zeroes), or a block whose crc32c is 0, which a guest can write
+// on purpose (crc32c is linear). Taking it for a zero block would make
+// such a block compare equal to a zero block on another replica, and a
+// write of it that a replica lost would never be resent. A block in a
+// hole of the data file is zero; the others are read. Holes are found with
+// SEEK_DATA, so a sparse volume costs a few lseek calls, not reads. The
+// caller holds the blocks' stripe locks.
+func (s *Store) resolveZeroSums(sums []byte, first int64) error {
+	n := int64(len(sums) / sumBytes)
+	var buf []byte
+	for i := int64(0); i < n; {
+		if getSum(sums[i*sumBytes:]) != 0 {
+			i++
+			continue
+		}
+		// A run of stored zeroes: [i, j).
+		j := i + 1
+		for j < n && getSum(sums[j*sumBytes:]) == 0 {
+			j++
+		}
+		for k := i; k < j; {
+			// The next block of the run that holds data, if any.
+			data, err := unix.Seek(int(s.data.Fd()), (first+k)*BlockBytes, unix.SEEK_DATA)
+			switch {
+			case errors.Is(err, unix.ENXIO):
+				data = (first + j) * BlockBytes // holes to the end of the file
+			case err != nil:
+				data = (first + k) * BlockBytes // no SEEK_DATA here: read them all
+			}
+			d := min(max(data/BlockBytes-first, k), j)
+			for ; k < d; k++ {
+				putSum(sums[k*sumBytes:], zeroBlockSum)
+			}
+			if k == j {
+				break
+			}
+			// Blocks with data from k on: read up to the next hole (or
+			// the end of the run), at most a buffer at a time.
+			e := j
+			if hole, err := unix.Seek(int(s.data.Fd()), (first+k)*BlockBytes, unix.SEEK_HOLE); err == nil {
+				e = min(j, max(k+1, (hole+BlockBytes-1)/BlockBytes-first))
+			}
+			e = min(e, k+zeroSumReadBlocks)
+			if buf == nil {
+				buf = make([]byte, zeroSumReadBlocks*BlockBytes)
+			}
+			chunk := buf[:(e-k)*BlockBytes]
+			if err := pread(s.data, chunk, (first+k)*BlockBytes); err != nil {
+				return err
+			}
+			for b := int64(0); b < e-k; b++ {
+				putSum(sums[(k+b)*sumBytes:], blockSum(chunk[b*BlockBytes:(b+1)*BlockBytes]))
+			}
+			k = e
+		}
+		i = j
+	}
+	return nil
+}
+
+// zeroSumReadBlocks bounds one read of resolveZeroSums.
+const zeroSumReadBlocks = 256
