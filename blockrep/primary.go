@@ -799,6 +799,25 @@ func (p *Primary) abandon(err error) {
 	}
 }
 
+// lostLocalWrite handles a write that failed on this node's own replica
+// (an I/O error, a block that failed its checksum and that no replica
+// could supply) while the peers may have taken it: this copy of its
+// extents may now be older than theirs, which is what the recovered
+// record says of a crashed replica (recovered.go). The extents go into
+// it and this primary steps down: the next promotion, here or elsewhere,
+// sees them in this replica's promise and fetches them from a copy that
+// holds the write before this one serves again.
+func (p *Primary) lostLocalWrite(off, length int64, err error) {
+	var extents []int64
+	for x := off / ExtentBytes; x <= (off+length-1)/ExtentBytes; x++ {
+		extents = append(extents, x)
+	}
+	if rerr := p.Store().rec.add(extents); rerr != nil {
+		p.log.Error("cannot record the extents of a failed local write", "offset", off, "length", length, "err", rerr)
+	}
+	p.abandon(fmt.Errorf("the write of %d+%d failed on this node's replica: %w", off, length, err))
+}
+
 // Fence stops this primary from acknowledging anything from now on (the
 // node lost quorum past its lease): every request fails with EIO.
 func (p *Primary) Fence(why error) { p.abandon(why) }
@@ -989,6 +1008,7 @@ func (p *Primary) replicate(off, length int64, fua bool, local func(Epoch, Gen, 
 			for range targets {
 				<-out
 			}
+			p.lostLocalWrite(off, length, err)
 			return ioErr(fmt.Errorf("local replica: %w", err))
 		} else {
 			accepted[p.cfg.Self] = true

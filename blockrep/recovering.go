@@ -263,7 +263,7 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 	if err := p.Store().ResolveRecovered(own.extents, own.whole); err != nil {
 		return err
 	}
-	p.log.Warn("this node crashed before; its recovered extents were brought up to date from members that have them", "extents", len(extents),
+	p.log.Warn("this node crashed or failed a write before; the extents that may have been older here were brought up to date from members that have them", "extents", len(extents),
 		"without_source", len(noSource), "fetched_bytes", fetchedBytes, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }

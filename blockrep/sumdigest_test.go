@@ -299,3 +299,62 @@ func TestCleanRecordDoesNotCoverLaterWrite(t *testing.T) {
 		t.Fatalf("recovered %v: the write after the flush was taken as durable", rec)
 	}
 }
+
+// A write that fails on the primary's own replica after the peers took it
+// (here: the data lands and the checksum file refuses the write) leaves
+// this copy possibly older than theirs: the primary records the extent as
+// recovered and steps down, and the next promotion here fetches the
+// extent from a peer before it serves, so the copies agree again.
+func TestLocalWriteFailureIsRecoveredFromPeers(t *testing.T) {
+	c := newTestCluster(t, 3, 8<<20)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const off = 5 << 20
+	if err := p.WriteAt(randomBlock(1), off, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	st := c.replicaOf(1).Store()
+	rw := st.sums
+	ro, err := os.Open(rw.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.sums = ro // checksum writes fail with EBADF
+	if err := p.WriteAt(randomBlock(2), off, false); err == nil {
+		t.Fatal("a write that failed on the primary's replica was acknowledged")
+	}
+	st.sums = rw
+	ro.Close()
+	if p.Deposed() == nil {
+		t.Fatal("the primary stays primary after its own replica failed a write")
+	}
+	if rec, _ := st.Recovered(); len(rec) != 1 || rec[0] != off/ExtentBytes {
+		t.Fatalf("recovered %v, want the failed write's extent", rec)
+	}
+	p.Close()
+	p2, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	if err := p2.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if st.Recovering() {
+		t.Fatal("still recovering after the promotion fetched the extent")
+	}
+	if !bytes.Equal(c.dataOf(1), c.dataOf(2)) || !bytes.Equal(c.dataOf(1), c.dataOf(3)) {
+		t.Fatal("the copies differ after the failed write was recovered")
+	}
+	if err := p2.ReadAt(make([]byte, BlockBytes), off); err != nil {
+		t.Fatal(err)
+	}
+	if bad, err := st.VerifyBlocks(off, BlockBytes); err != nil || len(bad) != 0 {
+		t.Fatalf("the primary's block fails its checksum after recovery: %v %v", bad, err)
+	}
+}
