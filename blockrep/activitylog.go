@@ -281,21 +281,28 @@ func (al *activityLog) evict() (bool, error) {
 // to re-verify after the next start. The hot extents stay named in the
 // record (and hot after the next start): consistent on this disk, they
 // may still differ from another copy where a crashed primary's write in
-// flight reached one and not the other. since is touchCount from before
-// that flush began: a write begun after it (in flight, or done but maybe
-// not durable) leaves the record not clean, so its extent is re-verified
-// after a crash.
-func (al *activityLog) markClean(since uint64) error {
+// flight reached one and not the other. since is cleanMark from before
+// that flush began: a write in flight then (its data may have landed
+// after the flush read it) or begun after it (in flight, or done but
+// maybe not durable) leaves the record not clean, so its extent is
+// re-verified after a crash.
+func (al *activityLog) markClean(since cleanMark) error {
 	al.mu.Lock()
 	defer al.mu.Unlock()
-	return al.write(len(al.busy) == 0 && al.touches == since)
+	return al.write(since.idle && len(al.busy) == 0 && al.touches == since.touches)
 }
 
-// touchCount is the number of writes begun so far (markClean).
-func (al *activityLog) touchCount() uint64 {
+// cleanMark is what markClean needs to know of the time a flush began.
+type cleanMark struct {
+	touches uint64 // writes begun so far
+	idle    bool   // none of them in flight
+}
+
+// markBeforeFlush is taken before the flush that markClean relies on.
+func (al *activityLog) markBeforeFlush() cleanMark {
 	al.mu.Lock()
 	defer al.mu.Unlock()
-	return al.touches
+	return cleanMark{touches: al.touches, idle: len(al.busy) == 0}
 }
 
 func (al *activityLog) close() error { return al.f.Close() }

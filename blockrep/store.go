@@ -127,7 +127,7 @@ func OpenStore(dir string, o StoreOptions) (*Store, error) {
 			s.abandonOpen()
 			return nil, err
 		}
-		if err := s.al.markClean(s.al.touchCount()); err != nil { // nothing writes during the open
+		if err := s.al.markClean(s.al.markBeforeFlush()); err != nil { // nothing writes during the open
 			s.abandonOpen()
 			return nil, err
 		}
@@ -464,9 +464,9 @@ func (s *Store) VerifyBlocks(off, length int64) ([]int64, error) {
 // activitylog.go), and closes the files.
 func (s *Store) Close() error {
 	// A write may still be on its way in (a peer message being handled
-	// while the node stops): one begun after this count is not covered
-	// by the flush below, and the record then stays dirty.
-	since := s.al.touchCount()
+	// while the node stops): one in flight now or begun later is not
+	// covered by the flush below, and the record then stays dirty.
+	since := s.al.markBeforeFlush()
 	err := s.syncFiles()
 	if err == nil {
 		err = s.al.markClean(since)

@@ -278,7 +278,7 @@ func TestPartialWriteRepairsCorruptBlockFirst(t *testing.T) {
 // the clean record must not claim it, so a crash re-verifies its extent.
 func TestCleanRecordDoesNotCoverLaterWrite(t *testing.T) {
 	s, dir := newStore(t, 64<<20, StoreOptions{ALExtents: 8})
-	since := s.al.touchCount()
+	since := s.al.markBeforeFlush()
 	if err := s.syncFiles(); err != nil {
 		t.Fatal(err)
 	}
@@ -297,6 +297,36 @@ func TestCleanRecordDoesNotCoverLaterWrite(t *testing.T) {
 	defer s.Close()
 	if rec, _ := s.Recovered(); len(rec) == 0 || rec[0] != 20<<20/ExtentBytes {
 		t.Fatalf("recovered %v: the write after the flush was taken as durable", rec)
+	}
+}
+
+// A write in flight when Close's flush begins may have its data land
+// after fdatasync read the data file and its checksums before the
+// checksum file's: it is done before the record is written, but the
+// record must not say clean, or a crash loses it to recovery while the
+// checksum digests already match a peer's.
+func TestCleanRecordDoesNotCoverWriteInFlightDuringFlush(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "activity")
+	al, _, err := openActivityLog(path, 16, func() error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := al.touch(0, BlockBytes); err != nil { // the write begins
+		t.Fatal(err)
+	}
+	since := al.markBeforeFlush() // Close, before its flush
+	al.done(0, BlockBytes)        // the write ends during the flush
+	if err := al.markClean(since); err != nil {
+		t.Fatal(err)
+	}
+	al.close()
+	al2, dirty, err := openActivityLog(path, 16, func() error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	al2.close()
+	if len(dirty) == 0 {
+		t.Fatal("the clean record covers a write that was in flight during the flush")
 	}
 }
 
