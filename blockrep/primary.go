@@ -1138,6 +1138,12 @@ func (p *Primary) flush() error {
 		flushed := map[NodeID]bool{}
 		answers := p.sendTo(&Message{Type: MsgFlush, Epoch: e}, func(pe *peer) bool { return pe.noData || slices.Contains(members, pe.id) })
 		if err := p.Store().Flush(); err != nil {
+			// Writes this primary acknowledged may not be on its disk
+			// (the store recorded its whole copy as suspect); the
+			// members that flushed have them. It steps down: the next
+			// promotion, here or elsewhere, compares this copy with
+			// theirs before it serves.
+			p.abandon(fmt.Errorf("a flush failed on this node's replica: %w", err))
 			return ioErr(fmt.Errorf("local replica: %w", err))
 		}
 		flushed[p.cfg.Self] = true

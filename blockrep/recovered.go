@@ -135,6 +135,20 @@ func (rs *recoveredSet) add(es []int64) error {
 	return nil
 }
 
+// markWhole records every extent as suspect (a failed fdatasync,
+// Store.syncFailed). The record in memory says so even when the file
+// cannot be written: this process does not take its copy for a
+// complete one either way.
+func (rs *recoveredSet) markWhole() error {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.whole, rs.extents = true, nil
+	if err := rs.save(); err != nil {
+		return fmt.Errorf("recording the whole volume as suspect: %w", err)
+	}
+	return nil
+}
+
 // resolve drops extents that a primary resent (whole: it compared the
 // whole volume), durably. The caller flushed the data first.
 func (rs *recoveredSet) resolve(es []int64, whole bool) error {

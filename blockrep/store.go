@@ -436,10 +436,34 @@ const zeroChunkBytes = 1 << 20
 func (s *Store) Flush() error { return s.syncFiles() }
 
 func (s *Store) syncFiles() error {
-	if err := unix.Fdatasync(int(s.data.Fd())); err != nil {
-		return err
+	err := unix.Fdatasync(int(s.data.Fd()))
+	if err == nil {
+		err = unix.Fdatasync(int(s.sums.Fd()))
 	}
-	return unix.Fdatasync(int(s.sums.Fd()))
+	if err != nil {
+		return s.syncFailed(err)
+	}
+	return nil
+}
+
+// syncFailed handles a failed fdatasync. The kernel reports a writeback
+// error once and then marks the pages it could not write clean: what
+// reads return (the page cache) may not be what the disk holds, the
+// next fdatasync succeeds, and the checksum file may have reached the
+// disk where the data did not, so even a checksum digest of a block can
+// match a peer's while its data on disk is old. So the cached pages of
+// both files are dropped (reads come from the disk from now on) and the
+// whole copy is recorded as suspect: the next promotion compares the
+// data of every region with a peer's (recovered.go) before this copy
+// serves or counts as up to date. The record says so in memory even
+// where the disk refuses to keep it.
+func (s *Store) syncFailed(err error) error {
+	_ = unix.Fadvise(int(s.data.Fd()), 0, 0, unix.FADV_DONTNEED)
+	_ = unix.Fadvise(int(s.sums.Fd()), 0, 0, unix.FADV_DONTNEED)
+	if rerr := s.rec.markWhole(); rerr != nil {
+		return fmt.Errorf("fdatasync: %w (and recording this replica as suspect failed: %v)", err, rerr)
+	}
+	return fmt.Errorf("fdatasync: %w; this replica is suspect until a primary compares it with a peer's", err)
 }
 
 // VerifyBlocks re-reads [off, off+length) and returns the blocks whose data

@@ -388,3 +388,71 @@ func TestLocalWriteFailureIsRecoveredFromPeers(t *testing.T) {
 		t.Fatalf("the primary's block fails its checksum after recovery: %v %v", bad, err)
 	}
 }
+
+// A FLUSH that fails on the primary's own replica may have lost writes it
+// acknowledged (the kernel drops or cleans the pages it could not write,
+// and the next fdatasync succeeds), while the checksum file may hold
+// their checksums: the primary steps down, the store records its whole
+// copy as suspect, and the next promotion here compares the data (not
+// the checksums) with a peer's and fetches what the disk lost.
+func TestLocalFlushFailureIsRecoveredFromPeers(t *testing.T) {
+	c := newTestCluster(t, 3, 8<<20)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const off = 5 << 20
+	old, acked := randomBlock(1), randomBlock(2)
+	if err := p.WriteAt(old, off, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WriteAt(acked, off, false); err != nil { // acknowledged, not flushed
+		t.Fatal(err)
+	}
+	st := c.replicaOf(1).Store()
+	// The writeback of that write fails: its data never reaches the
+	// disk (the old block stays there), its checksum does.
+	if err := pwrite(st.data, old, off); err != nil {
+		t.Fatal(err)
+	}
+	good := st.data
+	bad, err := os.Open(good.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Close()
+	st.data = bad // fdatasync fails (EBADF standing for EIO)
+	ferr := p.Flush()
+	st.data = good
+	if ferr == nil {
+		t.Fatal("a FLUSH that failed on the primary's replica was acknowledged")
+	}
+	if p.Deposed() == nil {
+		t.Fatal("the primary stays primary after its own replica failed a flush")
+	}
+	if _, whole := st.Recovered(); !whole {
+		t.Fatal("a failed fdatasync did not record the whole copy as suspect")
+	}
+	p.Close()
+	p2, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	if st.Recovering() {
+		t.Fatal("still recovering after the promotion compared the copy")
+	}
+	got := make([]byte, BlockBytes)
+	if err := p2.ReadAt(got, off); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, acked) {
+		t.Fatal("the acknowledged write the disk lost was not fetched back")
+	}
+	if !bytes.Equal(c.dataOf(1), c.dataOf(2)) || !bytes.Equal(c.dataOf(1), c.dataOf(3)) {
+		t.Fatal("the copies differ after the failed flush was recovered")
+	}
+}
