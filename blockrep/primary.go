@@ -855,7 +855,9 @@ func (p *Primary) Cache(off, length int64) error { return nil }
 // WriteAt implements nbd.Backend: the write reaches every member and a
 // quorum of the replicas under this primary's epoch before it returns.
 func (p *Primary) WriteAt(b []byte, off int64, fua bool) error {
-	p.repairEdges(off, int64(len(b)))
+	if err := p.repairEdges(off, int64(len(b))); err != nil {
+		return err
+	}
 	return p.acked(p.replicate(off, int64(len(b)), fua, func(e Epoch, g Gen, sync bool) (*Refusal, error) {
 		return p.cfg.Local.Write(e, g, sync, b, off, fua)
 	}, func(sync bool) *Message {
@@ -887,7 +889,9 @@ func (p *Primary) Zero(off, length int64, noHole, fast, fua bool) error {
 	if length <= 0 {
 		return nil
 	}
-	p.repairEdges(off, length)
+	if err := p.repairEdges(off, length); err != nil {
+		return err
+	}
 	for pos := off; pos < off+length; pos += MaxPayloadBytes {
 		n := min(MaxPayloadBytes, off+length-pos)
 		err := p.replicate(pos, n, fua, func(e Epoch, g Gen, sync bool) (*Refusal, error) {
@@ -1248,11 +1252,15 @@ func (p *Primary) confirm() error {
 // repairEdges repairs from a replica the blocks that a write of
 // [off, off+length) covers only in part and that fail their checksum
 // here: the store refuses to merge a write into such a block
-// (Store.writeLockedSums), and the write would fail. Best effort: a block
-// no replica can supply fails the write as it would have.
-func (p *Primary) repairEdges(off, length int64) {
+// (Store.writeLockedSums). A block no replica can supply fails the write
+// here, before any replica is sent it: failing it in the local write
+// instead would count as a lost local write and make this primary step
+// down on every such write a guest retries (found in review), while
+// nothing is wrong with this copy beyond that block (a whole-block write
+// still replaces it).
+func (p *Primary) repairEdges(off, length int64) error {
 	if length <= 0 || (off%BlockBytes == 0 && (off+length)%BlockBytes == 0) {
-		return
+		return nil
 	}
 	for _, blk := range []int64{off / BlockBytes, (off + length - 1) / BlockBytes} {
 		start := blk * BlockBytes
@@ -1261,13 +1269,15 @@ func (p *Primary) repairEdges(off, length int64) {
 		}
 		if bad, err := p.Store().VerifyBlocks(start, BlockBytes); err == nil && len(bad) > 0 {
 			if _, err := p.repairBlock(blk); err != nil {
-				p.log.Warn("a block a write covers in part is corrupt here and no replica could supply it", "block", blk, "err", err)
+				p.log.Warn("a block a write covers in part is corrupt here and no replica could supply it; the write fails", "block", blk, "err", err)
+				return ioErr(fmt.Errorf("block %d, which the write of %d+%d covers in part, fails its checksum and no replica could supply it: %w", blk, off, length, err))
 			}
 		}
 		if off/BlockBytes == (off+length-1)/BlockBytes {
-			return // one block
+			return nil // one block
 		}
 	}
+	return nil
 }
 
 // repairBlock reads a block from a member whose copy passes its checksum,

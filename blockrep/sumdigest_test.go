@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // withCRC returns a copy of b whose last 4 bytes are changed so that the
@@ -271,6 +273,50 @@ func TestPartialWriteRepairsCorruptBlockFirst(t *testing.T) {
 	}
 	if p.Status().RepairedBlocks != 1 {
 		t.Fatalf("repaired %d blocks, want 1", p.Status().RepairedBlocks)
+	}
+}
+
+// A write covering in part a block that is corrupt on the primary and
+// that no replica can supply fails with EIO before any replica is sent
+// it, and the primary stays primary (before: the local write failed and
+// the primary stepped down on every such write a guest retried).
+func TestUnrepairablePartialWriteFailsWithoutSteppingDown(t *testing.T) {
+	c := newTestCluster(t, 1, 4<<20)
+	p, err := c.promote(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.WriteAt(randomBlock(12), 8*BlockBytes, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	flipByte(t, filepath.Join(c.nodeDir(1), "data"), 8*BlockBytes+77)
+	for i := 0; i < 3; i++ {
+		err := p.WriteAt(make([]byte, 512), 8*BlockBytes+1024, false)
+		if !errors.Is(err, unix.EIO) {
+			t.Fatalf("partial write %d into an unrepairable block: %v, want EIO", i, err)
+		}
+		if err := p.Zero(8*BlockBytes+100, 10, false, false, false); !errors.Is(err, unix.EIO) {
+			t.Fatalf("partial zero %d into an unrepairable block: %v, want EIO", i, err)
+		}
+		if p.Deposed() != nil {
+			t.Fatalf("the primary stepped down over a block a write covers in part: %v", p.Deposed())
+		}
+	}
+	if c.replicaOf(1).Store().Recovering() {
+		t.Fatal("a refused partial write recorded the extent as recovered")
+	}
+	// A write of the whole block replaces it.
+	whole := randomBlock(13)
+	if err := p.WriteAt(whole, 8*BlockBytes, false); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, BlockBytes)
+	if err := p.ReadAt(got, 8*BlockBytes); err != nil || !bytes.Equal(got, whole) {
+		t.Fatalf("after the whole-block write: %v", err)
 	}
 }
 
