@@ -303,7 +303,7 @@ func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]rec
 			// would undo them (found in review: 2 replicas and a
 			// witness, the other replica away). The promotion fails
 			// and is retried until that member is back.
-			return 0, fmt.Errorf("this node crashed and may lack acknowledged writes in extent %d; members %v of the newest generation may hold them and were not reached", x, unreached)
+			return 0, fmt.Errorf("this node's copy of extent %d may lack acknowledged writes (it crashed, or a write or flush failed here); members %v of the newest generation may hold them and were not reached: the promotion waits for one of them", x, unreached)
 		}
 		return 0, errNoSource
 	}
@@ -317,7 +317,7 @@ func (p *Primary) fetchFromSources(x int64, members []NodeID, rec map[NodeID]rec
 	}
 	// A good copy exists but could not be read: serving this node's
 	// copy could undo acknowledged writes.
-	return 0, fmt.Errorf("this node crashed and may lack acknowledged writes in extent %d; no member that holds them could supply it: %w", x, lastErr)
+	return 0, fmt.Errorf("this node's copy of extent %d may lack acknowledged writes (it crashed, or a write or flush failed here); no member that holds them could supply it: %w", x, lastErr)
 }
 
 // fetchExtent makes one extent here equal to the copy behind l: digests
