@@ -200,8 +200,13 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 	extents := own.extents
 	nExtents := (p.Size() + ExtentBytes - 1) / ExtentBytes
 	// The extents a crash named were re-verified when the store opened,
-	// so their checksums stand for their data. "The whole volume" means
-	// that record was lost: compare the data itself.
+	// so their checksums stand for their data. Those of a write that
+	// failed here (lostLocalWrite) were not: there the store's order
+	// (data first, its checksums after) leaves a torn write with old
+	// checksums, whose digest then differs from a peer's all the same.
+	// "The whole volume" means the record was lost, or an fdatasync
+	// failed (Store.syncFailed) and even the checksums on disk may not
+	// match the data there: compare the data itself.
 	kind := sumDigests
 	if own.whole {
 		kind = dataDigests
