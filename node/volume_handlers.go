@@ -59,9 +59,11 @@ type ReplicaReport struct {
 	Voter      *blockrep.VoterState    `json:"voter,omitempty"`
 	Primary    *blockrep.PrimaryStatus `json:"primary,omitempty"`
 	PromoteErr string                  `json:"promote_error,omitempty"`
-	// RecoveringExtents: extents this replica re-verified after a crash
-	// that no primary has resent yet (blockrep/recovered.go); until
-	// then it is not a complete copy. RecoveringWholeVolume: all are.
+	// RecoveringExtents: extents this replica re-verified after a crash,
+	// or whose write failed here, that no primary has resent yet
+	// (blockrep/recovered.go); until then it is not a complete copy.
+	// RecoveringWholeVolume: all are (the record was lost, or an
+	// fdatasync failed).
 	RecoveringExtents     int  `json:"recovering_extents,omitempty"`
 	RecoveringWholeVolume bool `json:"recovering_whole_volume,omitempty"`
 }
@@ -73,9 +75,9 @@ func (r ReplicaReport) recovering() bool { return r.RecoveringExtents > 0 || r.R
 // recoveringDetail is the Detail of a recovering replica's row.
 func recoveringDetail(extents int, whole bool) string {
 	if whole {
-		return "recovering after a crash: the whole volume is compared and resent"
+		return "recovering after a crash or a failed flush: the whole volume is compared and what differs resent"
 	}
-	return fmt.Sprintf("recovering %d extents after a crash (writes it may have lost are resent)", extents)
+	return fmt.Sprintf("recovering %d extents after a crash or a failed write (writes it may have lost are resent)", extents)
 }
 
 // ReplicaRow is one line of "volume status".
