@@ -1287,8 +1287,17 @@ func (p *Primary) repairBlock(blk int64) ([]byte, error) {
 	unlock := p.locks.lock(off, BlockBytes)
 	defer unlock()
 	p.mu.Lock()
-	e, members := p.epoch, slices.Clone(p.members)
+	e, members, closed := p.epoch, slices.Clone(p.members), p.closed
 	p.mu.Unlock()
+	// A deposed or fenced primary writes nothing more here: its node may
+	// be a newer primary's replica already, and this write would not
+	// pass the replica's epoch gate (found in review).
+	if err := p.Deposed(); err != nil {
+		return nil, err
+	}
+	if closed {
+		return nil, errors.New("volume closed on this node")
+	}
 	var lastErr error = errors.New("no member reachable")
 	for _, a := range p.sendTo(&Message{Type: MsgRead, Epoch: e, Offset: uint64(off), Length: BlockBytes}, func(pe *peer) bool { return slices.Contains(members, pe.id) }) {
 		if a.Type != MsgReadOK || len(a.Payload) != BlockBytes {
@@ -1296,6 +1305,10 @@ func (p *Primary) repairBlock(blk int64) ([]byte, error) {
 			continue
 		}
 		if err := p.Store().WriteAt(a.Payload, off, true); err != nil {
+			// This node's disk failed the repair (after a failed
+			// fdatasync its copy is suspect as a whole): as for any
+			// local write that fails, it steps down (found in review).
+			p.lostLocalWrite(off, BlockBytes, err)
 			return nil, err
 		}
 		p.repaired.Add(1)

@@ -55,6 +55,10 @@ type recoveredSet struct {
 	path    string
 	whole   bool
 	extents []int64 // sorted, no duplicates
+	// syncFailures counts the failed fdatasyncs of this process
+	// (markWhole): a resolve that a comparison begun before one of them
+	// asks for is refused, since what was compared may not be on disk.
+	syncFailures uint64
 }
 
 // loadRecovered reads the record; a missing file is an empty record. An
@@ -142,6 +146,7 @@ func (rs *recoveredSet) add(es []int64) error {
 func (rs *recoveredSet) markWhole() error {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
+	rs.syncFailures++
 	rs.whole, rs.extents = true, nil
 	if err := rs.save(); err != nil {
 		return fmt.Errorf("recording the whole volume as suspect: %w", err)
@@ -150,10 +155,20 @@ func (rs *recoveredSet) markWhole() error {
 }
 
 // resolve drops extents that a primary resent (whole: it compared the
-// whole volume), durably. The caller flushed the data first.
-func (rs *recoveredSet) resolve(es []int64, whole bool) error {
+// whole volume), durably. The caller flushed the data first and says how
+// many fdatasyncs had failed when the comparison began (SyncFailures):
+// if one failed since, or the record says the whole volume and only
+// extents were resent, nothing is dropped and the answer is an error
+// (the primary compares again).
+func (rs *recoveredSet) resolve(es []int64, whole bool, syncFailuresBefore uint64) error {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
+	if rs.syncFailures != syncFailuresBefore {
+		return fmt.Errorf("an fdatasync failed on this replica after the comparison began (%d failures in this process): its copy must be compared again", rs.syncFailures)
+	}
+	if rs.whole && !whole {
+		return errors.New("this replica's record says its whole copy is suspect: resending extents does not resolve it, the whole volume must be compared")
+	}
 	prevWhole, prev := rs.whole, rs.extents
 	if whole {
 		rs.whole, rs.extents = false, nil
@@ -192,9 +207,18 @@ func (s *Store) Recovering() bool {
 // given extents (whole: all of them) from the recovered record. A primary
 // calls it (MsgResolve) once it resent them; a recovering primary once it
 // fetched them from a copy that is not recovering.
-func (s *Store) ResolveRecovered(extents []int64, whole bool) error {
+func (s *Store) ResolveRecovered(extents []int64, whole bool, syncFailuresBefore uint64) error {
 	if err := s.Flush(); err != nil {
 		return err
 	}
-	return s.rec.resolve(extents, whole)
+	return s.rec.resolve(extents, whole, syncFailuresBefore)
+}
+
+// SyncFailures counts the fdatasyncs that failed on this store in this
+// process. A comparison notes it when it begins and passes it to
+// ResolveRecovered.
+func (s *Store) SyncFailures() uint64 {
+	s.rec.mu.Lock()
+	defer s.rec.mu.Unlock()
+	return s.rec.syncFailures
 }

@@ -69,14 +69,14 @@ func TestRecoveredRecordIsDurable(t *testing.T) {
 	}
 	s = reopen(t, dir)
 	wantRecovered(t, s, []int64{0, 2, 5}, false, "after a clean restart")
-	if err := s.ResolveRecovered([]int64{2, 7}, false); err != nil {
+	if err := s.ResolveRecovered([]int64{2, 7}, false, 0); err != nil {
 		t.Fatal(err)
 	}
 	wantRecovered(t, s, []int64{0, 5}, false, "after resolving extent 2")
 	crashStore(s)
 	s = reopen(t, dir)
 	wantRecovered(t, s, []int64{0, 5}, false, "after a crash past the resolve")
-	if err := s.ResolveRecovered([]int64{0, 5}, false); err != nil {
+	if err := s.ResolveRecovered([]int64{0, 5}, false, 0); err != nil {
 		t.Fatal(err)
 	}
 	if s.Recovering() {
@@ -103,11 +103,11 @@ func TestRecoveredRecordBoundAndDamage(t *testing.T) {
 	s.Close()
 	s = reopen(t, dir)
 	wantRecovered(t, s, nil, true, "past the bound, reopened")
-	if err := s.ResolveRecovered([]int64{1}, false); err != nil {
-		t.Fatal(err)
+	if err := s.ResolveRecovered([]int64{1}, false, 0); err == nil {
+		t.Fatal("resolving one extent of a whole-volume record was taken")
 	}
 	wantRecovered(t, s, nil, true, "one extent resolved of a whole volume")
-	if err := s.ResolveRecovered(nil, true); err != nil {
+	if err := s.ResolveRecovered(nil, true, 0); err != nil {
 		t.Fatal(err)
 	}
 	wantRecovered(t, s, nil, false, "whole volume resolved")
@@ -191,7 +191,7 @@ func TestRecoveredRecordModel(t *testing.T) {
 						delete(suspect, e)
 					}
 				}
-				if err := s.ResolveRecovered(res, false); err != nil {
+				if err := s.ResolveRecovered(res, false, 0); err != nil {
 					rt.Fatal(err)
 				}
 				check("after a resolve")

@@ -171,6 +171,10 @@ func (p *Primary) resolvePeer(pe *peer, l *link) error {
 		if a.Type == MsgRefuse && a.Epoch > e {
 			p.depose(&Refusal{From: a.From, Promised: a.Epoch, Reason: string(a.Payload)})
 		}
+		// Its record may have grown meanwhile (a failed fdatasync
+		// there makes it the whole volume): the link is dropped, and
+		// the rejoin's promise says what to compare now.
+		l.close()
 		return fmt.Errorf("node %d did not resolve its recovered extents: %v %s", pe.id, a.Type, a.Payload)
 	}
 	p.mu.Lock()
@@ -197,6 +201,7 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 		return nil
 	}
 	start := time.Now()
+	syncFailures := p.Store().SyncFailures()
 	extents := own.extents
 	nExtents := (p.Size() + ExtentBytes - 1) / ExtentBytes
 	// The extents a crash named were re-verified when the store opened,
@@ -265,7 +270,7 @@ func (p *Primary) fetchOwnRecovered(members []NodeID, rec map[NodeID]recoveredIn
 		p.log.Error("this node crashed and re-verified extents that every member of the newest generation is recovering too: no better copy exists, serving this node's (acknowledged writes there may be lost)",
 			"extent_count", len(noSource), "extents", fmt.Sprint(noSource[:min(len(noSource), 32)]), "members", fmt.Sprint(members))
 	}
-	if err := p.Store().ResolveRecovered(own.extents, own.whole); err != nil {
+	if err := p.Store().ResolveRecovered(own.extents, own.whole, syncFailures); err != nil {
 		return err
 	}
 	p.log.Warn("this node crashed or failed a write before; the extents that may have been older here were brought up to date from members that have them", "extents", len(extents),

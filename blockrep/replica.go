@@ -56,6 +56,9 @@ type Replica struct {
 	dir   string
 	meta  ReplicaMeta
 	store *Store
+	// syncFailuresAtPromise is the store's count of failed fdatasyncs
+	// when this replica last promised (mu): MsgResolve passes it on.
+	syncFailuresAtPromise uint64
 }
 
 // ReplicaExists says whether dir holds a replica's metadata (a crash
@@ -145,6 +148,9 @@ func (r *Replica) Prepare(e Epoch, from NodeID) (Promise, *Refusal, error) {
 		r.meta.Voter = before
 		return Promise{}, nil, err
 	}
+	// What the primary compares from now on is resolved only if no
+	// fdatasync fails before its MsgResolve (recovered.go).
+	r.syncFailuresAtPromise = r.store.SyncFailures()
 	return p, nil, nil
 }
 
@@ -360,7 +366,10 @@ func (r *Replica) Handle(m *Message) *Message {
 			return refuse(&Refusal{From: v.ID, Promised: v.Promised, Reason: fmt.Sprintf("resolve from epoch %d", m.Epoch)})
 		}
 		es := decodeExtents(m.Payload)
-		if err := r.store.ResolveRecovered(es, len(es) == 0); err != nil {
+		r.mu.Lock()
+		since := r.syncFailuresAtPromise
+		r.mu.Unlock()
+		if err := r.store.ResolveRecovered(es, len(es) == 0, since); err != nil {
 			return fail(err)
 		}
 		reply.Type = MsgResolveOK

@@ -492,7 +492,11 @@ func (s *Store) Close() error {
 	// covered by the flush below, and the record then stays dirty.
 	since := s.al.markBeforeFlush()
 	err := s.syncFiles()
-	if err == nil {
+	if err == nil && s.SyncFailures() == 0 {
+		// After a failed fdatasync in this process the record stays
+		// dirty: this flush succeeding says nothing of the pages the
+		// failed one lost, and the next open re-verifies the hot
+		// extents (the whole-volume mark may not have reached the disk).
 		err = s.al.markClean(since)
 	}
 	s.al.close()
