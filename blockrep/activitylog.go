@@ -289,7 +289,8 @@ func (al *activityLog) evict() (bool, error) {
 func (al *activityLog) markClean(since cleanMark) error {
 	al.mu.Lock()
 	defer al.mu.Unlock()
-	return al.write(since.idle && len(al.busy) == 0 && al.touches == since.touches)
+	// Idle then and no write begun since: none is in flight now either.
+	return al.write(since.idle && al.touches == since.touches)
 }
 
 // cleanMark is what markClean needs to know of the time a flush began.

@@ -51,6 +51,18 @@ func TestFailedRepairWriteStepsDown(t *testing.T) {
 	}
 }
 
+// closedFile opens f's file again and closes it: put in f's place, it
+// makes every fdatasync (and write) fail, standing for a failing disk.
+func closedFile(t *testing.T, f *os.File) *os.File {
+	t.Helper()
+	bad, err := os.Open(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.Close()
+	return bad
+}
+
 func extentPayload(es ...int64) []byte {
 	var b []byte
 	for _, e := range es {
@@ -89,9 +101,7 @@ func TestResolveAfterFailedFlushNeedsNewComparison(t *testing.T) {
 		}
 		st := r.store
 		good := st.data
-		bad, _ := os.Open(good.Name())
-		bad.Close()
-		st.data = bad // its writeback fails; fdatasync reports that once
+		st.data = closedFile(t, good) // its writeback fails; fdatasync reports that once
 		a := r.Handle(&Message{Type: MsgResolve, Volume: 1, From: 1, Epoch: 1, Payload: payload})
 		st.data = good
 		if a.Type != MsgFailed {

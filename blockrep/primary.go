@@ -1287,13 +1287,13 @@ func (p *Primary) repairBlock(blk int64) ([]byte, error) {
 	unlock := p.locks.lock(off, BlockBytes)
 	defer unlock()
 	p.mu.Lock()
-	e, members, closed := p.epoch, slices.Clone(p.members), p.closed
+	e, members, deposed, closed := p.epoch, slices.Clone(p.members), p.deposed, p.closed
 	p.mu.Unlock()
 	// A deposed or fenced primary writes nothing more here: its node may
 	// be a newer primary's replica already, and this write would not
 	// pass the replica's epoch gate (found in review).
-	if err := p.Deposed(); err != nil {
-		return nil, err
+	if deposed != nil {
+		return nil, deposed
 	}
 	if closed {
 		return nil, errors.New("volume closed on this node")

@@ -465,12 +465,7 @@ func TestLocalFlushFailureIsRecoveredFromPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := st.data
-	bad, err := os.Open(good.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad.Close()
-	st.data = bad // fdatasync fails (EBADF standing for EIO)
+	st.data = closedFile(t, good) // fdatasync fails (EBADF standing for EIO)
 	ferr := p.Flush()
 	st.data = good
 	if ferr == nil {
